@@ -1,0 +1,151 @@
+"""Code defaults: the complete list of configuration keys.
+
+Every key a YAML file or the command line may set is listed here, with its default.
+A key that is not here is rejected by ``load_config`` (with the closest valid name), so
+a typo never silently falls back to a default. Precedence: CLI > YAML > these values.
+
+Values of ``None`` mean "no default; the model/data code derives it" (e.g. the SegFormer
+decoder width comes from the backbone table when ``decoder_dim`` is None).
+"""
+
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+    "bus", "train", "motorcycle", "bicycle",
+]
+
+CITYSCAPES_PALETTE = [
+    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
+    [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
+    [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
+    [0, 80, 100], [0, 0, 230], [119, 11, 32],
+]
+
+DEFAULTS = {
+    # ---- runtime -------------------------------------------------------------------
+    "config_path": "",
+    "device_target": "CPU",          # Ascend | GPU | CPU
+    "device_id": 0,                  # overridden by the DEVICE_ID env var in scripts
+    "mode": "GRAPH",                 # GRAPH | PYNATIVE
+    "seed": 1,
+    "output_dir": "./output/",       # train.log and run artefacts go here
+
+    # ---- distributed ---------------------------------------------------------------
+    "run_distribute": False,
+    "sync_bn": False,                # SyncBatchNorm across ranks (ignored on 1 device)
+    "rank_save_ckpt": "rank0",       # rank0 | all: which ranks write checkpoints/eval
+
+    # ---- mixed precision -----------------------------------------------------------
+    "amp_level": "O0",               # O0 | O1 | O2 | O3
+    "loss_scale_type": "dynamic",    # dynamic | fixed | none
+    "loss_scale": 65536.0,           # initial (dynamic) or constant (fixed) scale
+    "loss_scale_factor": 2.0,
+    "loss_scale_window": 1000,
+
+    # ---- model ---------------------------------------------------------------------
+    "model": "segformer",            # segformer | segmenter | vit
+    "backbone": "mit_b0",            # mit_b0..mit_b5 | vit_{tiny,small,base,large}_patch{16,32}_{224,384}
+    "class_num": 19,
+    "decoder": "mask_transformer",   # Segmenter: mask_transformer | linear
+    "decoder_dim": None,             # SegFormer all-MLP width (None: 256 B0/B1, 768 B2-B5)
+    "decoder_layers": 2,             # Segmenter Mask Transformer blocks
+    "drop_path_rate": 0.1,           # encoder stochastic depth (max, linear over blocks)
+    "drop_rate": 0.0,                # encoder dropout
+    "decoder_dropout": 0.1,          # SegFormer head dropout / Segmenter decoder dropout
+    "decoder_drop_path_rate": 0.0,
+    "image_size": None,              # ViT pretraining grid size (None: from backbone name)
+
+    # ---- pretrained weights --------------------------------------------------------
+    "load_ckpt": True,
+    "pretrained_ckpt_path": "",
+
+    # ---- data ----------------------------------------------------------------------
+    "data_path": "./data/cityscapes/",
+    "dataset": {
+        "name": "cityscapes",        # cityscapes | imagenet | custom (same code path as cityscapes)
+        "img_dir": "leftImg8bit",
+        "ann_dir": "gtFine",
+        "img_suffix": "_leftImg8bit.png",
+        "seg_map_suffix": "_gtFine_labelTrainIds.png",
+        "train_split": "train",
+        "val_split": "val",
+        "class_names": CITYSCAPES_CLASSES,
+        "palette": CITYSCAPES_PALETTE,
+    },
+    "ignore_label": 255,
+    "batch_size": 2,                 # per device
+    "dataset_num_parallel_workers": 4,
+    "base_size": [1024, 2048],       # (H, W) the image is resized to before the ratio jitter
+    "crop_size": [1024, 1024],       # (H, W) network input during training
+    "ratio_range": [0.5, 2.0],
+    "cat_max_ratio": 0.75,
+    "flip_prob": 0.5,
+    "photometric_distortion": True,
+    "img_norm_mean": [123.675, 116.28, 103.53],
+    "img_norm_std": [58.395, 57.12, 57.375],
+    # ImageNet (ViT)
+    "train_image_size": 224,
+    "eval_image_size": 224,
+    "interpolation": "BILINEAR",
+    "crop_min": 0.08,
+    "autoaugment": "",               # "" | autoaugment | randaugment
+    "mixup": 0.0,                    # mixup alpha (0: off)
+    "cutmix": 0.0,                   # cutmix alpha (0: off)
+    "label_smooth_factor": 0.0,
+    "eval_batch_size": 1,
+
+    # ---- optimisation --------------------------------------------------------------
+    "optimizer": "adamw",            # adamw | sgd
+    "lr": 6.0e-5,                    # peak learning rate (per global batch as configured)
+    "min_lr": 0.0,
+    "betas": [0.9, 0.999],
+    "momentum": 0.9,
+    "weight_decay": 0.01,
+    "head_lr_mult": 10.0,            # decoder/head lr multiplier (SegFormer)
+    "no_weight_decay_keys": ["norm", "bias", "pos_embed", "cls_token", "cls_emb"],
+    "lr_schedule": "poly",           # poly | cosine | constant
+    "poly_power": 1.0,
+    "warmup_iters": 0,
+    "warmup_epochs": 0,
+    "warmup_ratio": 1.0e-6,
+    "clip_grad_norm": 0.0,           # global-norm clipping (0: off)
+    "epoch_size": 200,
+
+    # ---- logging and checkpoints ---------------------------------------------------
+    "train_log_interval": 100,
+    "save_checkpoint": True,
+    "save_checkpoint_epoch_interval": 1,
+    "save_best_ckpt": True,
+    "keep_checkpoint_max": 10,
+    "checkpoint_path": "./checkpoint/",
+    "resume_ckpt": "",
+    "auto_resume": False,
+
+    # ---- evaluation ----------------------------------------------------------------
+    "run_eval": True,
+    "eval_start_epoch": 0,
+    "eval_interval": 1,
+    "eval_ckpt_path": "",
+    "eval_log_interval": 100,
+    "eval_mode": "whole",            # whole | slide
+    "eval_base_size": [1024, 2048],  # (H, W) the image is resized to (keep ratio) before inference
+    "eval_crop_size": [1024, 1024],  # slide window (H, W)
+    "eval_stride": [768, 768],       # slide stride (H, W)
+    "eval_scales": [1.0],            # multi-scale ratios of eval_base_size
+    "eval_flip": False,
+
+    # ---- inference -----------------------------------------------------------------
+    "infer_copy_original_img": True,
+    "infer_save_gray_img": True,
+    "infer_save_color_img": True,
+    "infer_save_overlap_img": True,
+    "infer_log_interval": 100,
+    "infer_ckpt_path": "",
+    "infer_output_path": "./infer_result/",
+
+    # ---- export --------------------------------------------------------------------
+    "export_ckpt_path": "",
+    "export_format": "MINDIR",       # MINDIR | AIR | ONNX
+    "export_file_name": "",          # "" : the config file's name
+    "export_input_shape": [1, 3, 1024, 2048],
+}
