@@ -126,3 +126,42 @@ def find_latest(directory, prefix=""):
                   and not f.endswith(TMP_SUFFIX)]
     candidates.sort(key=os.path.getmtime, reverse=True)
     return candidates[0] if candidates else None
+
+
+ENCODER_PREFIXES = ("backbone.", "encoder.")
+# Class-count-dependent tensors of each model family (SegFormer, Segmenter mask/linear, ViT):
+# a checkpoint converted with drop_head=True lacks them when class_num changed.
+CLASSIFIER_PREFIXES = ("decode_head.linear_pred.", "decoder.cls_emb", "decoder.mask_norm.",
+                       "decoder.head.", "head.")
+
+
+def count_by_prefix(names):
+    """``['decode_head.a', 'decode_head.b']`` -> ``'decode_head.* (2)'`` (first name part)."""
+    counts = {}
+    for name in names:
+        top = name.split(".", 1)[0].split(" ", 1)[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{k}.* ({v})" for k, v in sorted(counts.items()))
+
+
+def load_pretrained(net, path, log=print):
+    """Load converted pretrained weights (``tools/convert_model.py`` output) into ``net``.
+
+    A backbone-only checkpoint (every name under ``backbone.`` or ``encoder.``) leaves the
+    rest of the network freshly initialised; a checkpoint converted with ``drop_head=True``
+    may lack the classifier (``CLASSIFIER_PREFIXES``). Whatever stays freshly initialised is
+    reported by name prefix and count; anything else missing, and anything mis-shaped or
+    unexpected, is an error. Returns (loaded names, missing names).
+    """
+    param_dict = load_checkpoint(path)
+    if not param_dict:
+        raise CheckpointError(f"pretrained checkpoint {path} holds no tensors")
+    allow_missing = CLASSIFIER_PREFIXES
+    if all(name.startswith(ENCODER_PREFIXES) for name in param_dict):
+        allow_missing += tuple(sorted({p.name.split(".", 1)[0] + "." for p in net.get_parameters()
+                                       if not p.name.startswith(ENCODER_PREFIXES)}))
+    loaded, missing = load_into_net(net, param_dict, strict=True, allow_missing=allow_missing,
+                                    source=path)
+    log(f"loaded {len(loaded)} pretrained tensors from {path}"
+        + (f"; freshly initialised: {count_by_prefix(missing)}" if missing else ""))
+    return loaded, missing

@@ -58,6 +58,8 @@ DEFAULTS = {
     # ---- pretrained weights --------------------------------------------------------
     "load_ckpt": True,
     "pretrained_ckpt_path": "",
+    "drop_head": False,              # convert_model: skip classifier tensors whose class count
+                                     # differs from class_num (left freshly initialised)
 
     # ---- data ----------------------------------------------------------------------
     "data_path": "./data/cityscapes/",
@@ -75,6 +77,7 @@ DEFAULTS = {
     "ignore_label": 255,
     "batch_size": 2,                 # per device
     "dataset_num_parallel_workers": 4,
+    "check_data": False,             # scan every image/label before training (= tools/verify_dataset.py)
     "base_size": [1024, 2048],       # (H, W) the image is resized to before the ratio jitter
     "crop_size": [1024, 1024],       # (H, W) network input during training
     "ratio_range": [0.5, 2.0],

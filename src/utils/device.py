@@ -1,18 +1,36 @@
 """Device, execution mode and distributed set-up, applied once at start-up.
 
 ``setup_runtime(cfg)`` is the only place that reads DEVICE_ID / RANK_ID style
-environment variables; everything else receives ``rank_id`` and ``group_size``.
+environment variables; everything else receives ``rank_id`` and ``group_size``
+(or asks ``data_parallel_size()``, which reads what ``setup_runtime`` configured).
+
+Distributed runs are started by one of two launchers, which set the environment that
+MindSpore's ``init()`` reads:
+
+* ``scripts/run_distribute_train.sh`` (Ascend, HCCL rank table): RANK_TABLE_FILE,
+  RANK_SIZE, RANK_ID, DEVICE_ID per process;
+* ``scripts/run_distribute_train_msrun.sh`` (msrun; Ascend, GPU, CPU): MS_ROLE,
+  MS_SCHED_HOST, MS_SCHED_PORT, MS_WORKER_NUM, and DEVICE_ID = local rank.
 """
 import os
 
 import mindspore as ms
+from mindspore.context import ParallelMode
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+MSRUN_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")
+LAUNCHERS = ("Launch with scripts/run_distribute_train.sh (Ascend, rank table) or "
+             "scripts/run_distribute_train_msrun.sh (msrun: Ascend, GPU, CPU)")
 
 
 class RuntimeSetupError(RuntimeError):
     pass
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _check_device(target):
@@ -26,39 +44,76 @@ def _check_device(target):
         ms.set_device(target)
     except Exception as err:  # noqa: BLE001  (MindSpore raises various types here)
         raise RuntimeSetupError(
-            f"device_target '{target}' is not available on this machine "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+            f"device_target '{target}' is not available on this machine ({_first_line(err)}); "
             f"run with --device_target=CPU or install the MindSpore build for {target}") from None
+
+
+def _env_int(name, default):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    if not text.strip().isdigit():
+        raise RuntimeSetupError(f"environment variable {name}={text!r} must be a non-negative integer")
+    return int(text)
+
+
+def _check_launcher(target):
+    """init() needs its launcher's environment; without it MindSpore fails obscurely or hangs."""
+    if all(os.environ.get(k) for k in MSRUN_ENV):
+        return
+    if target == "Ascend" and os.environ.get("RANK_TABLE_FILE"):
+        return
+    missing = [k for k in MSRUN_ENV if not os.environ.get(k)]
+    need = ("RANK_TABLE_FILE (rank table) or the msrun variables " if target == "Ascend"
+            else "the msrun variables ")
+    raise RuntimeSetupError(f"run_distribute=True on {target} needs {need}{MSRUN_ENV}; "
+                            f"missing: {missing}. {LAUNCHERS}")
 
 
 def setup_runtime(cfg):
     """Set mode/device from the config; initialise collectives when distributed.
 
-    Returns (rank_id, group_size).
+    Returns (rank_id, group_size); (0, 1) when ``cfg.run_distribute`` is False.
     """
     mode = str(cfg.mode).upper()
     if mode not in MODES:
         raise RuntimeSetupError(f"config key 'mode': '{cfg.mode}' is not one of {list(MODES)}")
     ms.set_context(mode=MODES[mode])
     _check_device(cfg.device_target)
-    device_id = int(os.environ.get("DEVICE_ID", cfg.device_id))
+    # Both launchers export DEVICE_ID per process (msrun: the local rank).
+    device_id = _env_int("DEVICE_ID", int(cfg.device_id))
     if cfg.device_target != "CPU":
         ms.set_device(cfg.device_target, device_id)
     else:
         ms.set_device("CPU")
     if not cfg.run_distribute:
         return 0, 1
+    _check_launcher(cfg.device_target)
     from mindspore.communication import get_group_size, get_rank, init
-    from mindspore.context import ParallelMode
     try:
         init()
     except Exception as err:  # noqa: BLE001
-        raise RuntimeSetupError(
-            "run_distribute=True but the collective backend could not start "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}). "
-            "Launch with scripts/run_distribute_train.sh (rank table) or "
-            "scripts/run_distribute_train_msrun.sh (msrun)") from None
+        if os.environ.get("MS_ROLE") == "MS_SCHED":
+            # msrun runs this script once more as its scheduler; init() returns there only
+            # when the job ends, and raises when a worker failed.
+            raise RuntimeSetupError(f"msrun scheduler: the job ended abnormally ({_first_line(err)}); "
+                                    "the failing worker's log says why") from None
+        raise RuntimeSetupError(f"run_distribute=True but the collective backend could not start "
+                                f"({_first_line(err)}). {LAUNCHERS}") from None
     rank_id, group_size = get_rank(), get_group_size()
+    expected = _env_int("RANK_SIZE", group_size)
+    if expected != group_size:
+        raise RuntimeSetupError(f"RANK_SIZE={expected} but the collective group has {group_size} "
+                                "ranks; the launcher and the rank table disagree")
+    # Data parallel: every rank holds the full model; gradients are averaged across ranks.
+    ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=group_size)
     return rank_id, group_size
+
+
+def data_parallel_size():
+    """Number of data-parallel ranks configured by ``setup_runtime`` (1 when not distributed)."""
+    if ms.get_auto_parallel_context("parallel_mode") != ParallelMode.DATA_PARALLEL:
+        return 1
+    return int(ms.get_auto_parallel_context("device_num"))

@@ -1,0 +1,36 @@
+"""Evaluate a checkpoint on the val split: per-class IoU, mIoU, aAcc, mAcc (SegFormer,
+Segmenter) or top-1/top-5 accuracy (ViT). The log also goes to <output_dir>/eval.log.
+
+    python eval.py --config_path=CONFIG --eval_ckpt_path=CKPT [--data_path=DIR]
+                   [--eval_mode=whole|slide] [--eval_scales=0.5,0.75,1.0] [--eval_flip]
+                   [--any_config_key=value]
+"""
+import os
+import sys
+import time
+
+from src.utils.config import config_from_argv
+from src.utils.logger import FileLogger, fail
+
+
+def main(argv):
+    cfg = config_from_argv(argv)
+    from src.data import DataError
+    from src.engine.evaluate import evaluate
+    from src.engine.inference import load_trained_net
+    from src.utils.checkpoint import CheckpointError
+    from src.utils.device import RuntimeSetupError, setup_runtime
+
+    try:
+        log = FileLogger(os.path.join(cfg.output_dir, "eval.log"))
+        rank_id, group_size = setup_runtime(cfg)
+        net = load_trained_net(cfg, cfg.eval_ckpt_path, log)
+        start = time.time()
+        evaluate(net, cfg, rank_id, group_size, log, ckpt_name=os.path.basename(cfg.eval_ckpt_path))
+        log(f"all eval process done, cost:{time.time() - start:.0f}s")
+    except (CheckpointError, DataError, RuntimeSetupError, ValueError, OSError) as err:
+        fail(err)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,35 @@
+"""Export a checkpoint to MINDIR, AIR (Ascend only) or ONNX.
+
+    python export.py --config_path=CONFIG --export_ckpt_path=CKPT [--export_format=MINDIR|AIR|ONNX]
+                     [--export_file_name=NAME] [--export_input_shape=N,C,H,W]
+
+The file is named after the config file (``segformer.b0.512x1024.city.mindir``) unless
+``--export_file_name`` is given. ``--export_input_shape=1,3,-1,-1`` exports a MINDIR that
+takes any H and W (where the network supports it).
+"""
+import sys
+
+from src.utils.config import config_from_argv
+from src.utils.logger import fail
+
+
+def main(argv):
+    cfg = config_from_argv(argv)
+    from src.engine.export import ExportError, check_export, export_network
+    from src.engine.inference import load_trained_net
+    from src.engine.mindir_to_onnx import OnnxConversionError
+    from src.utils.checkpoint import CheckpointError
+    from src.utils.device import RuntimeSetupError, setup_runtime
+
+    try:
+        setup_runtime(cfg)
+        check_export(cfg)  # a wrong format or path fails before the checkpoint is read
+        net = load_trained_net(cfg, cfg.export_ckpt_path)
+        export_network(net, cfg)
+    except (CheckpointError, ExportError, OnnxConversionError, RuntimeSetupError, ValueError,
+            OSError) as err:
+        fail(err)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""Segment every image under a path and write PNGs (SegFormer, Segmenter).
+
+    python infer.py --config_path=CONFIG --infer_ckpt_path=CKPT --data_path=IMAGES
+                    [--infer_output_path=DIR] [--any_config_key=value]
+
+For each image ``<stem>.<ext>``: ``<stem>_gray.png`` (trainIds, palette PNG),
+``<stem>_color.png``, ``<stem>_overlap.png`` and a copy of the original, each switched by
+``infer_save_gray_img`` / ``infer_save_color_img`` / ``infer_save_overlap_img`` /
+``infer_copy_original_img``. The log also goes to <output_dir>/infer.log. Exit code 1 if
+any image could not be read (the others are still written).
+"""
+import os
+import sys
+
+from src.utils.config import config_from_argv
+from src.utils.logger import FileLogger, fail
+
+
+def main(argv):
+    cfg = config_from_argv(argv)
+    from src.engine.infer_images import InferInputError, plan_inference, run_inference
+    from src.engine.inference import load_trained_net
+    from src.models import is_segmentation
+    from src.utils.checkpoint import CheckpointError
+    from src.utils.device import RuntimeSetupError, setup_runtime
+
+    if not is_segmentation(cfg):
+        fail(f"infer.py writes segmentation maps; config model={cfg.model!r} is not a "
+             f"segmentation model (use eval.py for ViT accuracy)")
+    try:
+        log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
+        setup_runtime(cfg)
+        plan = plan_inference(cfg)  # bad input/output paths fail before the model is loaded
+        net = load_trained_net(cfg, cfg.infer_ckpt_path, log)
+        _, failures = run_inference(net, cfg, plan, log)
+    except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
+        fail(err)
+    if failures:
+        log(f"{len(failures)} image(s) could not be read and were skipped:")
+        for _, reason in failures:
+            log(f"  {reason}")
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,148 @@
+"""Segment every image under a path and write PNGs (infer.py's engine).
+
+Inputs (``data_path``): one image file; a dataset root laid out like Cityscapes (it holds
+``<dataset.img_dir>/<dataset.val_split>``, e.g. ``leftImg8bit/val``): that split; or any
+folder: every image in it and its subfolders (by extension, sorted; other files are
+counted and skipped; the output folder is never read back as input).
+
+Outputs, under ``infer_output_path`` at the input's relative path (``<stem>`` = the file
+name without extension), each switched by its config key:
+
+- ``<stem>_gray.png``    ``infer_save_gray_img``: class indices (trainIds) at the original
+  resolution, a palette PNG (mode P) so viewers show the class colours;
+- ``<stem>_color.png``   ``infer_save_color_img``: the class colours (``dataset.palette``);
+- ``<stem>_overlap.png`` ``infer_save_overlap_img``: 50/50 blend of image and colours;
+- the original file     ``infer_copy_original_img``: copied unchanged.
+
+An image that cannot be read is reported and skipped; the others are still processed and
+``run_inference`` returns the failures so infer.py exits non-zero.
+"""
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from src.data.transforms import DataError, read_image
+from src.engine.inference import SegInferencer
+from src.utils.palette import color_image, gray_image, overlap_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class InferInputError(ValueError):
+    """The input path or the output folder cannot be used; the message says why."""
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def list_images(data_path, cfg, output_dir):
+    """(root, [image paths], [skipped non-image files]) for ``data_path`` (see the module)."""
+    if not data_path or not os.path.exists(data_path):
+        raise InferInputError(f"data_path not found: {data_path!r}")
+    if os.path.isfile(data_path):
+        if not data_path.lower().endswith(IMAGE_EXTENSIONS):
+            raise InferInputError(f"data_path {data_path} is not an image file (expected one of "
+                                  f"{', '.join(IMAGE_EXTENSIONS)})")
+        return os.path.dirname(data_path) or ".", [data_path], []
+    root = data_path
+    split_dir = os.path.join(data_path, cfg.dataset.img_dir, cfg.dataset.val_split)
+    if cfg.dataset.img_dir and os.path.isdir(split_dir):
+        root = split_dir
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames
+                             if not _inside(os.path.join(dirpath, d), output_dir))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    if not images:
+        found = f"; it holds {len(others)} other file(s), e.g. {others[0]}" if others else " (it is empty)"
+        raise InferInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}{found}")
+    return root, images, others
+
+
+def check_writable(output_dir):
+    """Create ``output_dir`` and prove a file can be written there, before any work."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise InferInputError(f"infer_output_path {output_dir!r} is not writable: "
+                              f"{err.strerror or err}") from None
+
+
+def palette_for(cfg):
+    palette = list(cfg.dataset.palette)
+    if len(palette) >= int(cfg.class_num):
+        return palette
+    # A custom dataset without colours: fixed pseudo-random ones, the same on every run.
+    rng = np.random.default_rng(0)
+    return palette + rng.integers(0, 256, (int(cfg.class_num) - len(palette), 3)).tolist()
+
+
+def save_outputs(pred, image, src_path, out_stem, cfg, palette):
+    """Write the enabled outputs of one image; ``out_stem`` = output path without suffix."""
+    os.makedirs(os.path.dirname(out_stem), exist_ok=True)
+    if cfg.infer_save_gray_img:
+        gray_image(pred, palette).save(out_stem + "_gray.png")
+    if cfg.infer_save_color_img or cfg.infer_save_overlap_img:
+        color = color_image(pred, palette)
+        if cfg.infer_save_color_img:
+            Image.fromarray(color).save(out_stem + "_color.png")
+        if cfg.infer_save_overlap_img:
+            Image.fromarray(overlap_image(image, color)).save(out_stem + "_overlap.png")
+    if cfg.infer_copy_original_img:
+        target = os.path.join(os.path.dirname(out_stem), os.path.basename(src_path))
+        if os.path.realpath(target) != os.path.realpath(src_path):
+            shutil.copyfile(src_path, target)
+
+
+def plan_inference(cfg):
+    """Check the input and the output folder before any model is loaded.
+    Returns (input root, image paths, non-image paths, absolute output folder)."""
+    output_dir = os.path.abspath(cfg.infer_output_path)
+    root, images, others = list_images(cfg.data_path, cfg, output_dir)
+    check_writable(output_dir)
+    return root, images, others, output_dir
+
+
+def run_inference(net, cfg, plan=None, log=print):
+    """Segment every image of ``cfg.data_path`` into ``cfg.infer_output_path``.
+
+    Returns (number written, [(path, reason naming the path) of unreadable images])."""
+    root, images, others, output_dir = plan or plan_inference(cfg)
+    if os.path.normpath(root) != os.path.normpath(cfg.data_path) and os.path.isdir(cfg.data_path):
+        log(f"{cfg.data_path} is a dataset root: inferring on its split folder {root}")
+    if others:
+        log(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
+    log(f"get image size:{len(images)}, infer result will save to {output_dir}")
+    inferencer = SegInferencer(net, cfg)
+    palette = palette_for(cfg)
+    interval = max(1, int(cfg.infer_log_interval))
+    failures, written = [], 0
+    start = last = time.time()
+    last_count = 0
+    for i, path in enumerate(images, 1):
+        try:
+            image = read_image(path)
+        except DataError as err:
+            failures.append((path, str(err)))
+            log(f"skipped (not a readable image): {err}")
+        else:
+            rel = os.path.splitext(os.path.relpath(path, root))[0]
+            save_outputs(inferencer.predict(image), image, path, os.path.join(output_dir, rel),
+                         cfg, palette)
+            written += 1
+        if i % interval == 0 or i == len(images):
+            now = time.time()
+            log(f"infer {i}/{len(images)} done, step cost:{(now - last) * 1000 / (i - last_count):.0f}ms")
+            last, last_count = now, i
+    log(f"all infer process done, cost:{time.time() - start:.0f}s")
+    return written, failures

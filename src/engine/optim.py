@@ -1,0 +1,185 @@
+"""Optimisers with parameter groups: AdamW (torch semantics) and SGD with momentum.
+
+Why our own update rules: MindSpore's ``nn.AdamWeightDecay`` has no bias correction
+(``m / (sqrt(v) + eps)`` with raw moments), so its first steps are ~1/(1-beta1) = 10x too
+small compared with ``torch.optim.AdamW`` that the SegFormer/ViT recipes were tuned with,
+and ``mint.optim.AdamW`` runs on Ascend only. The rules below are ``torch.optim.AdamW`` and
+``torch.optim.SGD`` (dampening 0, no Nesterov) line for line; tests/engine/test_optim.py
+compares them with torch numerically.
+
+The learning rate is an input of ``construct`` (the per-iteration value from
+``schedules.build_lr_schedule``), so a resumed run continues the schedule from its step
+counter and graph mode compiles once. Each parameter carries a constant learning-rate
+multiplier and weight decay from its group:
+
+* group "head" = parameters whose name starts with ``decode_head.`` (SegFormer),
+  ``decoder.`` (Segmenter) or ``head.`` (ViT classifier): lr x ``head_lr_mult``;
+* no weight decay for 1-D parameters (biases, norm scales/shifts) and for names containing
+  any of ``no_weight_decay_keys`` (norm, bias, pos_embed, cls_token, cls_emb).
+
+Optimizer state is made of Parameters named ``optimizer.*`` so it is saved with the
+weights and restored on resume.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.parameter import ParameterTuple
+
+from src.engine.schedules import group_lr_multipliers
+
+HEAD_PREFIXES = ("decode_head.", "decoder.", "head.")
+OPTIMIZERS = ("adamw", "sgd")
+STATE_PREFIX = "optimizer."
+
+
+class OptimizerError(ValueError):
+    """An optimiser key in the config has an unusable value."""
+
+
+def is_head_param(name):
+    return name.startswith(HEAD_PREFIXES)
+
+
+def has_no_weight_decay(param, no_weight_decay_keys):
+    return param.ndim <= 1 or any(key in param.name for key in no_weight_decay_keys)
+
+
+def param_groups(net, cfg):
+    """Split ``net.trainable_params()`` into up to four groups.
+
+    Returns a list of dicts ``{"name", "params", "lr_mult", "weight_decay"}`` (empty groups
+    left out), in a fixed order: encoder/decay, encoder/no_decay, head/decay, head/no_decay.
+    """
+    mults = group_lr_multipliers(cfg)
+    weight_decay = float(cfg.weight_decay)
+    if weight_decay < 0:
+        raise OptimizerError(f"config key 'weight_decay': must be >= 0, got {cfg.weight_decay}")
+    keys = tuple(cfg.no_weight_decay_keys)
+    buckets = {}
+    for param in net.trainable_params():
+        part = "head" if is_head_param(param.name) else "encoder"
+        decay = "no_decay" if has_no_weight_decay(param, keys) else "decay"
+        buckets.setdefault((part, decay), []).append(param)
+    groups = []
+    for part in ("encoder", "head"):
+        for decay in ("decay", "no_decay"):
+            params = buckets.get((part, decay))
+            if params:
+                groups.append({"name": f"{part}/{decay}", "params": params,
+                               "lr_mult": mults[part],
+                               "weight_decay": weight_decay if decay == "decay" else 0.0})
+    if not groups:
+        raise OptimizerError("the network has no trainable parameters")
+    return groups
+
+
+def describe_param_groups(groups):
+    """One line per group for the training log."""
+    return [f"param group {g['name']}: {len(g['params'])} tensors, "
+            f"{sum(p.size for p in g['params']):,} values, lr x{g['lr_mult']:g}, "
+            f"weight_decay {g['weight_decay']:g}" for g in groups]
+
+
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+_sgd_update = ops.MultitypeFuncGraph("sgd_update")
+
+
+@_adamw_update.register("Tensor", "Tensor", "Tensor", "Number", "Number", "Number", "Number",
+                        "Number", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_param(lr, bias_correction1, bias_correction2, beta1, beta2, eps, lr_mult,
+                 weight_decay, param, exp_avg, exp_avg_sq, grad):
+    """torch.optim.AdamW for one tensor (all arithmetic in float32)."""
+    grad = grad.astype(ms.float32)
+    lr = lr * lr_mult
+    next_avg = exp_avg * beta1 + grad * (1.0 - beta1)
+    next_avg_sq = exp_avg_sq * beta2 + grad * grad * (1.0 - beta2)
+    denom = ops.sqrt(next_avg_sq / bias_correction2) + eps
+    next_param = param * (1.0 - lr * weight_decay) - (lr / bias_correction1) * next_avg / denom
+    success = ops.assign(exp_avg, next_avg)
+    success = ops.depend(success, ops.assign(exp_avg_sq, next_avg_sq))
+    return ops.depend(success, ops.assign(param, next_param))
+
+
+@_sgd_update.register("Tensor", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor")
+def _sgd_param(lr, momentum, lr_mult, weight_decay, param, buf, grad):
+    """torch.optim.SGD (dampening 0, nesterov False) for one tensor."""
+    grad = grad.astype(ms.float32) + param * weight_decay
+    next_buf = buf * momentum + grad
+    success = ops.assign(buf, next_buf)
+    return ops.depend(success, ops.assign(param, param - (lr * lr_mult) * next_buf))
+
+
+class _GroupedOptimizer(nn.Cell):
+    """Flattens groups into per-parameter constants (order = ``self.parameters``)."""
+
+    def __init__(self, groups):
+        super().__init__(auto_prefix=False)
+        params, lr_mults, weight_decays = [], [], []
+        for group in groups:
+            for param in group["params"]:
+                params.append(param)
+                lr_mults.append(float(group["lr_mult"]))
+                weight_decays.append(float(group["weight_decay"]))
+        self.parameters = ParameterTuple(params)
+        self.lr_mults = tuple(lr_mults)
+        self.weight_decays = tuple(weight_decays)
+        self.hyper_map = ops.HyperMap()
+        self.step = ms.Parameter(ms.Tensor(0, ms.int32), name=STATE_PREFIX + "step",
+                                 requires_grad=False)
+
+    def _next_step(self):
+        step = self.step + 1
+        return ops.depend(step, ops.assign(self.step, step))
+
+
+class AdamW(_GroupedOptimizer):
+    """``torch.optim.AdamW`` (decoupled weight decay, bias-corrected moments, amsgrad off)."""
+
+    def __init__(self, groups, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(groups)
+        self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
+        self.beta1_f64 = ms.Tensor(self.beta1, ms.float64)
+        self.beta2_f64 = ms.Tensor(self.beta2, ms.float64)
+        self.exp_avg = self.parameters.clone(prefix=STATE_PREFIX + "exp_avg", init="zeros")
+        self.exp_avg_sq = self.parameters.clone(prefix=STATE_PREFIX + "exp_avg_sq", init="zeros")
+
+    def construct(self, grads, lr):
+        # float64 like torch's Python-side bias corrections: 1 - 0.999 ** t loses 1e-5 in fp32
+        step = self._next_step().astype(ms.float64)
+        bias_correction1 = (1.0 - ops.pow(self.beta1_f64, step)).astype(ms.float32)
+        bias_correction2 = (1.0 - ops.pow(self.beta2_f64, step)).astype(ms.float32)
+        update = ops.partial(_adamw_update, lr, bias_correction1, bias_correction2,
+                             self.beta1, self.beta2, self.eps)
+        return self.hyper_map(update, self.lr_mults, self.weight_decays, self.parameters,
+                              self.exp_avg, self.exp_avg_sq, grads)
+
+
+class SGD(_GroupedOptimizer):
+    """``torch.optim.SGD`` with momentum (coupled L2 weight decay, dampening 0)."""
+
+    def __init__(self, groups, momentum=0.9):
+        super().__init__(groups)
+        self.momentum = float(momentum)
+        self.momentum_buffer = self.parameters.clone(prefix=STATE_PREFIX + "momentum_buffer",
+                                                     init="zeros")
+
+    def construct(self, grads, lr):
+        self._next_step()
+        update = ops.partial(_sgd_update, lr, self.momentum)
+        return self.hyper_map(update, self.lr_mults, self.weight_decays, self.parameters,
+                              self.momentum_buffer, grads)
+
+
+def build_optimizer(net, cfg, groups=None):
+    """The optimiser named by ``cfg.optimizer`` over ``param_groups(net, cfg)``."""
+    groups = groups if groups is not None else param_groups(net, cfg)
+    name = str(cfg.optimizer).lower()
+    if name == "adamw":
+        betas = tuple(float(b) for b in cfg.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise OptimizerError(f"config key 'betas': expected two values in [0, 1), got {cfg.betas}")
+        return AdamW(groups, betas=betas)
+    if name == "sgd":
+        if not 0.0 <= float(cfg.momentum) < 1.0:
+            raise OptimizerError(f"config key 'momentum': expected a value in [0, 1), got {cfg.momentum}")
+        return SGD(groups, momentum=cfg.momentum)
+    raise OptimizerError(f"config key 'optimizer': '{cfg.optimizer}' is not one of {list(OPTIMIZERS)}")

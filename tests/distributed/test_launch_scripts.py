@@ -1,0 +1,200 @@
+"""scripts/run_distribute_train.sh and scripts/run_distribute_train_msrun.sh: argument and
+rank-table validation, the per-rank environment and commands (DRY_RUN=1), and the clear
+failure on a machine without Ascend cards."""
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed.launch_utils import REPO
+
+RANK_TABLE_SH = os.path.join(REPO, "scripts", "run_distribute_train.sh")
+MSRUN_SH = os.path.join(REPO, "scripts", "run_distribute_train_msrun.sh")
+CONFIG = os.path.join(REPO, "config", "segformer.b0.512x1024.city.yaml")   # device_target Ascend
+
+
+def bash(script, args, cwd, **env):
+    full_env = {**os.environ, "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", script] + [str(a) for a in args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def table_maker(tmp_path_factory):
+    """Writes 2-device tables with tools/hccl_tools.py, once per module per device list."""
+    made, directory = {}, tmp_path_factory.mktemp("tables")
+
+    def make(visible):
+        if visible not in made:
+            out = directory / f"hccl_{visible.replace(',', '_')}.json"
+            proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "hccl_tools.py"),
+                                   "--device_num", "[0,2)", "--visible_devices", visible,
+                                   "--server_ip", "10.0.0.1",
+                                   "--device_ips", "192.98.92.100,192.98.93.100",
+                                   "--output", str(out)], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            made[visible] = out
+        return made[visible]
+    return make
+
+
+@pytest.fixture()
+def rank_table(table_maker, tmp_path):
+    """A 2-device table in the test's directory; device ids 98/99 have no /dev/davinci."""
+    def copy(visible="98,99"):
+        return Path(shutil.copy(table_maker(visible), tmp_path / "hccl.json"))
+    return copy
+
+
+@pytest.fixture()
+def launch_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    return tmp_path
+
+
+def parse_dry_run(stdout):
+    """'rank R: cd DIR && env K=V ... [taskset -c a-b] PYTHON train.py ARGS > train.log 2>&1'."""
+    ranks = {}
+    for line in stdout.splitlines():
+        if not re.match(r"^rank \d+: cd ", line):
+            continue
+        head, _, command = line.partition(": cd ")
+        words = shlex.split(command)
+        assert words[1:3] == ["&&", "env"] and words[-2:] == ["train.log", "2>&1"], line
+        env = dict(w.split("=", 1) for w in words[3:] if "=" in w and not w.startswith("--"))
+        rest = [w for w in words[3:-3] if not ("=" in w and not w.startswith("--"))]
+        ranks[int(head.split()[1])] = {"dir": words[0], "env": env, "argv": rest}
+    return ranks
+
+
+def test_rank_table_dry_run_prints_each_ranks_environment_and_command(launch_dir, rank_table):
+    table = rank_table()
+    proc = bash(RANK_TABLE_SH, [2, table.name, CONFIG, "data", "", "False", "--batch_size=4"],
+                cwd=launch_dir, DRY_RUN="1")
+    assert proc.returncode == 0, proc.stderr
+    ranks = parse_dry_run(proc.stdout)
+    assert sorted(ranks) == [0, 1]
+    cores = len(os.sched_getaffinity(0)) // 2
+    for rank, device in ((0, 98), (1, 99)):
+        r = ranks[rank]
+        assert r["dir"] == str(launch_dir / "run_distribute_train" / f"device{device}")
+        assert r["env"] == {"RANK_TABLE_FILE": str(table), "RANK_SIZE": "2",
+                            "RANK_ID": str(rank), "DEVICE_ID": str(device)}
+        argv = r["argv"]
+        if cores >= 1 and shutil.which("taskset"):
+            assert argv[:3] == ["taskset", "-c", f"{rank * cores}-{(rank + 1) * cores - 1}"]
+            argv = argv[3:]
+        assert argv[:2] == [sys.executable, os.path.join(REPO, "train.py")]
+        assert argv[2:] == [f"--config_path={CONFIG}", "--run_distribute=True",
+                            f"--data_path={launch_dir / 'data'}", "--run_eval=False",
+                            "--batch_size=4",
+                            # relative config path, resolved against the launch directory
+                            f"--pretrained_ckpt_path={launch_dir / 'pretrained' / 'ms_pretrained_b0.ckpt'}"]
+    assert not (launch_dir / "run_distribute_train").exists()
+
+
+def test_rank_table_visible_devices_map_to_logical_ids(launch_dir, rank_table):
+    table = rank_table("4,5,6,7")
+    proc = bash(RANK_TABLE_SH, [2, table, CONFIG, "data"], cwd=launch_dir, DRY_RUN="1",
+                BIND_CORE="0", ASCEND_RT_VISIBLE_DEVICES="4,5,6,7")
+    assert proc.returncode == 0, proc.stderr
+    ranks = parse_dry_run(proc.stdout)
+    assert [(ranks[r]["env"]["DEVICE_ID"], os.path.basename(ranks[r]["dir"])) for r in (0, 1)] == \
+        [("0", "device0"), ("1", "device1")]
+    assert ranks[0]["argv"][0] == sys.executable           # BIND_CORE=0: no taskset
+
+
+def test_rank_table_launch_without_ascend_fails_clearly(launch_dir, rank_table):
+    table = rank_table()
+    proc = bash(RANK_TABLE_SH, [2, table, CONFIG, "data"], cwd=launch_dir)
+    assert proc.returncode == 2
+    assert "no Ascend device /dev/davinci98 on this machine" in proc.stderr
+    assert "run_distribute_train_msrun.sh" in proc.stderr
+    assert not (launch_dir / "run_distribute_train").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["2", "{table}"], "Usage: bash scripts/run_distribute_train.sh DEVICE_NUM"),
+    (["two", "{table}", CONFIG], "DEVICE_NUM must be a positive integer, got 'two'"),
+    (["4", "{table}", CONFIG, "data"], "DEVICE_NUM=4 disagrees with rank table"),
+    (["2", "missing.json", CONFIG], "RANK_TABLE_FILE not found: {dir}/missing.json"),
+    (["2", "{broken}", CONFIG, "data"], "is not valid JSON (line 1, column 2"),
+    (["2", "{table}", "nope.yaml"], "CONFIG_FILE not found: {dir}/nope.yaml"),
+    (["2", "{table}", CONFIG, "nodata"], "DATASET_PATH is not a directory: {dir}/nodata"),
+    (["2", "{table}", CONFIG], "data_path is not a directory: {dir}/data/cityscapes"),
+    (["2", "{table}", CONFIG, "data", "no.ckpt"], "PRETRAINED_CKPT_PATH not found: {dir}/no.ckpt"),
+    (["2", "{table}", CONFIG, "data", "", "yes"], "RUN_EVAL must be True or False, got 'yes'"),
+    (["2", "{table}", CONFIG, "data", "--batch_sise=4"], "unknown config key 'batch_sise'"),
+    (["2", "{table}", CONFIG, "data", "--device_target=CPU"],
+     "a rank table launches HCCL on Ascend, but device_target is 'CPU'"),
+])
+def test_rank_table_script_errors(launch_dir, rank_table, args, message):
+    table = rank_table()
+    broken = launch_dir / "broken.json"
+    broken.write_text("{oops")
+    fill = {"table": str(table), "broken": str(broken), "dir": str(launch_dir)}
+    proc = bash(RANK_TABLE_SH, [a.format(**fill) for a in args], cwd=launch_dir, DRY_RUN="1")
+    assert proc.returncode == 2
+    assert message.format(**fill) in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_msrun_dry_run(launch_dir):
+    proc = bash(MSRUN_SH, [2, CONFIG, "data", "", "True", "--device_target=CPU"], cwd=launch_dir,
+                DRY_RUN="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="23456", LOG_DIR="logs")
+    assert proc.returncode == 0, proc.stderr
+    path_line, command = proc.stdout.splitlines()
+    # msrun starts workers as `python` from PATH: this interpreter's directory comes first
+    assert path_line.split("=", 1)[1].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert shlex.split(command) == [
+        sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2",
+        "--local_worker_num=2", "--master_addr=127.0.0.1", "--master_port=23456",
+        f"--log_dir={launch_dir / 'logs'}", "--join=True", "--cluster_time_out=600",
+        "--bind_core=False", "--tail_worker_log=0", os.path.join(REPO, "train.py"),
+        f"--config_path={CONFIG}", "--run_distribute=True", "--data_path=data", "--run_eval=True",
+        "--device_target=CPU"]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["0", CONFIG], {}, "WORKER_NUM must be a positive integer, got '0'"),
+    (["2"], {}, "Usage: bash scripts/run_distribute_train_msrun.sh WORKER_NUM CONFIG_FILE"),
+    (["2", "nope.yaml"], {}, "CONFIG_FILE not found"),
+    (["2", CONFIG, "data"], {"MASTER_PORT": "80"}, "MASTER_PORT must be a port number in 1024..65535"),
+    (["2", CONFIG, "data"], {"LOCAL_WORKER_NUM": "3"}, "LOCAL_WORKER_NUM must be an integer in 1..WORKER_NUM"),
+    (["2", CONFIG], {}, "data_path is not a directory: ./data/cityscapes/"),
+    (["2", CONFIG, "data", "--lr=fast"], {}, "--lr: expected float, got 'fast'"),
+])
+def test_msrun_script_errors(launch_dir, args, env, message):
+    proc = bash(MSRUN_SH, args, cwd=launch_dir, DRY_RUN="1", **env)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_msrun_busy_port(launch_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = bash(MSRUN_SH, [2, CONFIG, "data"], cwd=launch_dir, MASTER_PORT=str(port))
+    assert proc.returncode == 2
+    assert f"MASTER_PORT {port} on 127.0.0.1 is not free" in proc.stderr
+
+
+def test_setup_runtime_without_a_launcher_says_how_to_launch():
+    code = ("from src.utils.config import load_config\n"
+            "from src.utils.device import RuntimeSetupError, setup_runtime\n"
+            "try:\n"
+            "    setup_runtime(load_config('', ['--run_distribute=True', '--mode=PYNATIVE']))\n"
+            "except RuntimeSetupError as err:\n"
+            "    print('ERR', err)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MS_") and k != "RANK_TABLE_FILE"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert "ERR run_distribute=True on CPU needs the msrun variables" in proc.stdout, proc.stderr
+    assert "scripts/run_distribute_train_msrun.sh" in proc.stdout

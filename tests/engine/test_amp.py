@@ -1,0 +1,185 @@
+"""Loss scaling and overflow skipping (the logic, on CPU), amp levels on our layers."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.engine.amp import AmpConfigError, apply_amp, build_loss_scaler, check_amp_config
+from src.engine.loss import ClassificationCrossEntropy, SegmentationCrossEntropy
+from src.engine.optim import build_optimizer
+from src.engine.train_step import TrainStep
+from src.utils.config import load_config
+
+ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def tiny_step(loss_scale_type, seed=0, **keys):
+    ms.set_seed(seed)
+    cfg = load_config("", [f"--loss_scale_type={loss_scale_type}", "--loss_scale=1024",
+                           "--loss_scale_window=3", "--optimizer=sgd", "--lr=0.1"]
+                      + [f"--{k}={v}" for k, v in keys.items()])
+    net = nn.Dense(4, 3)
+    opt = build_optimizer(net, cfg)
+    scaler = build_loss_scaler(cfg)
+    step = TrainStep(net, ClassificationCrossEntropy(), opt, scaler, cfg.clip_grad_norm)
+    return net, opt, scaler, step
+
+
+def run(step, x, lr=0.1):
+    labels = ms.Tensor(np.array([0, 1], np.int32))
+    loss, overflow, scale = step(ms.Tensor(x), labels, ms.Tensor(lr, ms.float32))
+    return float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
+
+
+CLEAN = np.array([[0.5, -1.0, 2.0, 0.1], [1.5, 0.3, -0.7, 0.2]], np.float32)
+WITH_INF = CLEAN.copy()
+WITH_INF[0, 1] = np.inf
+WITH_NAN = CLEAN.copy()
+WITH_NAN[1, 2] = np.nan
+
+
+def dynamic_scale_sequence():
+    net, opt, scaler, step = tiny_step("dynamic")
+    # (input, expect overflow, scale the step ran with, scale after it); window 3, factor 2
+    plan = [(CLEAN, False, 1024, 1024), (CLEAN, False, 1024, 1024), (CLEAN, False, 1024, 2048),
+            (WITH_INF, True, 2048, 1024), (WITH_NAN, True, 1024, 512),
+            (CLEAN, False, 512, 512), (CLEAN, False, 512, 512), (CLEAN, False, 512, 1024)]
+    applied = 0
+    for x, expect_overflow, used, after in plan:
+        before = net.weight.asnumpy().copy()
+        loss, overflow, scale = run(step, x)
+        assert overflow == expect_overflow
+        assert scale == used and float(scaler.scale_value.asnumpy()) == after
+        changed = not np.array_equal(before, net.weight.asnumpy())
+        assert changed == (not expect_overflow)  # overflowed steps are skipped entirely
+        applied += not expect_overflow
+        if not expect_overflow:
+            assert np.isfinite(loss)
+    assert int(opt.step.asnumpy()) == applied == 6
+
+
+def test_dynamic_loss_scale_halves_on_overflow_doubles_after_clean_window():
+    dynamic_scale_sequence()
+
+
+def test_dynamic_loss_scale_logic_in_graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        dynamic_scale_sequence()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def test_scaled_step_equals_unscaled_step():
+    # scaling the loss and unscaling the gradients must not change the update
+    net_a, _, _, step_a = tiny_step("dynamic", seed=3)
+    net_b, _, _, step_b = tiny_step("none", seed=3)
+    np.testing.assert_array_equal(net_a.weight.asnumpy(), net_b.weight.asnumpy())
+    for _ in range(3):
+        loss_a = run(step_a, CLEAN)[0]
+        loss_b = run(step_b, CLEAN)[0]
+        assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    np.testing.assert_allclose(net_a.weight.asnumpy(), net_b.weight.asnumpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,scale", [("fixed", 1024.0), ("none", 1.0)])
+def test_fixed_and_none_keep_the_scale_but_still_skip_overflow(kind, scale):
+    net, opt, scaler, step = tiny_step(kind)
+    assert run(step, CLEAN)[1:] == (False, scale)
+    before = net.weight.asnumpy().copy()
+    assert run(step, WITH_INF)[1:] == (True, scale)
+    np.testing.assert_array_equal(before, net.weight.asnumpy())
+    for _ in range(4):
+        run(step, CLEAN)
+    assert float(scaler.scale_value.asnumpy()) == scale
+    assert int(opt.step.asnumpy()) == 5
+
+
+def test_gradient_clipping_to_global_norm():
+    # SGD without momentum history on step 1: delta = lr * clipped grad; compare with the
+    # closed form g * clip / max(|g|, clip) computed from an unclipped twin.
+    _, _, _, probe = tiny_step("none", seed=4, momentum=0.0, weight_decay=0.0)
+    net, _, _, step = tiny_step("none", seed=4, momentum=0.0, weight_decay=0.0,
+                                clip_grad_norm=0.01)
+    w0, b0 = net.weight.asnumpy().copy(), net.bias.asnumpy().copy()
+    run(probe, CLEAN)
+    g_w = (w0 - probe.net_with_loss.net.weight.asnumpy()) / 0.1
+    g_b = (b0 - probe.net_with_loss.net.bias.asnumpy()) / 0.1
+    norm = np.sqrt((g_w ** 2).sum() + (g_b ** 2).sum())
+    assert norm > 0.01  # clipping is active
+    run(step, CLEAN)
+    # atol: float32 rounding of (w0 - w1) for weights ~0.4 and updates ~1e-4
+    np.testing.assert_allclose(w0 - net.weight.asnumpy(), 0.1 * g_w * 0.01 / norm, rtol=1e-4, atol=5e-8)
+
+
+def test_nan_input_to_segformer_takes_the_overflow_path():
+    from src.models import build_model
+
+    cfg = load_config("", ["--model=segformer", "--backbone=mit_b0", "--class_num=4",
+                           "--loss_scale_type=dynamic", "--loss_scale=256"])
+    ms.set_seed(0)
+    net = build_model(cfg)
+    net.set_train(True)
+    opt = build_optimizer(net, cfg)
+    scaler = build_loss_scaler(cfg)
+    step = TrainStep(net, SegmentationCrossEntropy(255), opt, scaler)
+    images = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    images[0, 0, 5, 5] = np.nan
+    labels = ms.Tensor(np.zeros((1, 64, 64), np.int32))
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    loss, overflow, used = step(ms.Tensor(images), labels, ms.Tensor(1e-3, ms.float32))
+    assert bool(overflow.asnumpy()) and float(used.asnumpy()) == 256.0
+    assert float(scaler.scale_value.asnumpy()) == 128.0
+    assert int(opt.step.asnumpy()) == 0
+    for p in net.trainable_params():
+        np.testing.assert_array_equal(before[p.name], p.asnumpy(), err_msg=p.name)
+
+
+def test_amp_levels_keep_batchnorm_in_float32_and_run_on_cpu():
+    """O2: Dense/Conv compute in fp16, BatchNorm in fp32; O3: BatchNorm too in fp16. A
+    training-mode forward+backward (DropPath active) runs at every level on the CPU."""
+    from src.models import build_model
+    from src.models.layers import LayerNorm
+
+    cfg = load_config("", ["--model=segformer", "--backbone=mit_b0", "--class_num=4",
+                           "--drop_path_rate=0.2"])
+    images = ms.Tensor(np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32))
+    labels = ms.Tensor(np.random.default_rng(2).integers(0, 4, (1, 64, 64)).astype(np.int32))
+    losses = {}
+    for level in ("O0", "O1", "O2", "O3"):
+        ms.set_seed(0)
+        net = build_model(cfg)
+        seen = {}
+
+        def hook(cell, inputs, outputs, seen=seen):
+            seen.setdefault(type(cell).__name__, set()).add(str(outputs.dtype))
+
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, (nn.Dense, nn.BatchNorm2d, LayerNorm)):
+                cell.register_forward_hook(hook)
+        amp_net = apply_amp(net, level)
+        amp_net.set_train(True)
+        loss_fn = SegmentationCrossEntropy(255)
+        grad_fn = ms.value_and_grad(lambda x, y: loss_fn(amp_net(x), y), None, net.trainable_params())
+        loss, grads = grad_fn(images, labels)
+        assert np.isfinite(float(loss.asnumpy())), level
+        assert all(np.isfinite(g.asnumpy()).all() for g in grads), level
+        losses[level] = float(loss.asnumpy())
+        if level == "O2":
+            assert seen["Dense"] == {"Float16"} and seen["BatchNorm2d"] == {"Float32"}
+        if level == "O3":
+            assert seen["BatchNorm2d"] == {"Float16"}
+    # same seed, same init: fp16 compute changes the loss only slightly
+    for level in ("O1", "O2", "O3"):
+        assert losses[level] == pytest.approx(losses["O0"], rel=2e-2), level
+
+
+def test_bad_amp_keys_are_clear_errors():
+    with pytest.raises(AmpConfigError, match="amp_level.*'O4'"):
+        check_amp_config(load_config("", ["--amp_level=O4"]))
+    with pytest.raises(AmpConfigError, match="loss_scale_type.*'auto'"):
+        check_amp_config(load_config("", ["--loss_scale_type=auto"]))
+    with pytest.raises(AmpConfigError, match="loss_scale_factor"):
+        check_amp_config(load_config("", ["--loss_scale_factor=1.5"]))
+    with pytest.raises(AmpConfigError, match="loss_scale'"):
+        check_amp_config(load_config("", ["--loss_scale=0.5"]))

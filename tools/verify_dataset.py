@@ -1,0 +1,44 @@
+"""Scan a dataset and list every problem before training (like mmcls' verify_dataset).
+
+    python tools/verify_dataset.py config/segformer.b0.512x1024.city.yaml [--data_path DIR]
+        [--split train|val|all] [--nproc N] [--key=value ...]
+
+Checks the layout (root and split dirs, image without label and vice versa, empty split)
+and then every file: image and label decode completely (corrupt/truncated files), label
+size equals image size, label values in [0, class_num) or ignore_label. For ImageNet-style
+configs: class folders and every image decodes. Exit status 1 when anything is wrong.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.data.verify import verify_split  # noqa: E402
+from src.utils.config import ConfigError, load_config  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="List every problem of a dataset split")
+    p.add_argument("config", help="YAML config (data_path, dataset.*, class_num, ignore_label)")
+    p.add_argument("--split", default="all", help="train, val, or all (default)")
+    p.add_argument("--nproc", type=int, default=1, help="worker processes for decoding")
+    args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config, overrides)  # --data_path=... and any other key
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    splits = [cfg.dataset.train_split, cfg.dataset.val_split] if args.split == "all" else [args.split]
+    failed = 0
+    for split in splits:
+        problems = verify_split(cfg, split, nproc=args.nproc)
+        failed += len(problems)
+        status = "OK" if not problems else f"{len(problems)} problem(s)"
+        print(f"[{split}] {cfg.data_path}: {status}")
+        for problem in problems:
+            print(f"  - {problem}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
