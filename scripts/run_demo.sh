@@ -18,8 +18,8 @@ fi
 
 CONFIG=config/segformer.b0.demo.yaml
 DATA=data/demo_cityscapes
-RUN=demo_run/segformer_b0          # output_dir of the demo config
-CKPT_DIR=$RUN/checkpoint            # checkpoint_path of the demo config
+RUN=demo_run/segformer_b0          # logs, checkpoints, PNGs and the MINDIR go here
+CKPT_DIR=$RUN/checkpoint
 START=$(date +%s)
 
 step() {
@@ -35,7 +35,8 @@ step "2/6 convert polygons to *_gtFine_labelTrainIds.png"
 
 step "3/6 train SegFormer-B0 ($CONFIG)"
 rm -rf "$CKPT_DIR"   # a fresh run: no checkpoints of an earlier demo mixed in
-"$PY" train.py --config_path="$CONFIG" --data_path="$DATA"
+"$PY" train.py --config_path="$CONFIG" --data_path="$DATA" --output_dir="$RUN" \
+    --checkpoint_path="$CKPT_DIR"
 CKPT=$(ls "$CKPT_DIR"/segformer_mit_b0_[0-9]*.ckpt 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$CKPT" ]; then
     echo "error: training wrote no checkpoint to $CKPT_DIR" >&2
@@ -43,11 +44,12 @@ if [ -z "$CKPT" ]; then
 fi
 
 step "4/6 evaluate $CKPT on the val split"
-"$PY" eval.py --config_path="$CONFIG" --eval_ckpt_path="$CKPT" --data_path="$DATA"
+"$PY" eval.py --config_path="$CONFIG" --eval_ckpt_path="$CKPT" --data_path="$DATA" \
+    --output_dir="$RUN"
 
 step "5/6 segment the val images"
 "$PY" infer.py --config_path="$CONFIG" --infer_ckpt_path="$CKPT" --data_path="$DATA" \
-    --infer_output_path="$RUN/infer" --infer_log_interval=2
+    --output_dir="$RUN" --infer_output_path="$RUN/infer" --infer_log_interval=2
 
 step "6/6 export MINDIR"
 "$PY" export.py --config_path="$CONFIG" --export_ckpt_path="$CKPT" --export_format=MINDIR \

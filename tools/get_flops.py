@@ -1,12 +1,13 @@
 """Parameters and MACs (multiply-accumulates) of a config's model, like mmcls' get_flops.
 
-    python tools/get_flops.py CONFIG [--shape H [W]] [--depth N] [--key=value ...]
+    python tools/get_flops.py CONFIG [--shape H [W]] [--depth N] [--plot PNG] [--key=value ...]
     python tools/get_flops.py config/segformer.b0.1024x1024.city.yaml --shape 1024 2048
     python tools/get_flops.py config/vit_patch16_imagenet2012_config.yml --class_num=1000
 
 --shape: input height and width (one value: square). Default: the evaluation size of the
 config (eval_base_size for segmentation, eval_image_size for ViT). --depth: levels of the
-per-module table (default 2). Any other --key=value overrides the config.
+per-module table (default 2). --plot: also draw where the MACs go (the Cells --depth
+levels down) as a bar chart. Any other --key=value overrides the config.
 
 The count walks the model's own Cells (src/utils/flops.py): every Dense, Conv2d, norm and
 the attention/matmul and interpolation calls are counted from the shapes they really see.
@@ -38,6 +39,7 @@ def parse_args(argv):
                         help="input H W (or one value for a square); default: the config's "
                              "evaluation size")
     parser.add_argument("--depth", type=int, default=2, help="levels of the per-module table")
+    parser.add_argument("--plot", metavar="PNG", help="bar chart of the MACs per module")
     args, overrides = parser.parse_known_args(argv)
     if args.shape is not None and (len(args.shape) not in (1, 2) or min(args.shape) < 1):
         parser.error(f"--shape expects one or two positive integers, got {args.shape}")
@@ -51,6 +53,29 @@ def default_shape(cfg):
     if is_segmentation(cfg):
         return [int(s) for s in cfg.eval_base_size]
     return [int(cfg.eval_image_size)] * 2
+
+
+def plot_breakdown(report, depth, out, title):
+    """Horizontal bars: GMACs of each part of ``report.partition(depth)``, in call order."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [(name, macs) for name, macs in report.partition(max(depth, 1)) if macs > 0]
+    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.32 * len(parts)))
+    names, values = [p[0] for p in parts][::-1], [p[1] / 1e9 for p in parts][::-1]
+    bars = ax.barh(names, values, color="tab:blue")
+    for bar, value in zip(bars, values):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.2f}",
+                va="center", fontsize=8)
+    ax.set_xlabel("GMACs")
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def main(argv):
@@ -83,11 +108,16 @@ def main(argv):
           + ")")
     print(f"MACs by operator: {by_op}")
     if report.uncounted:
-        print(f"WARNING: cells with parameters but no counting rule (cost missing): "
-              f"{', '.join(report.uncounted)}")
+        print(f"WARNING: no counting rule for {', '.join(report.uncounted)}: their cost, if any, "
+              f"is not in the total")
     print("=" * 72)
     print(report.table(args.depth))
     print(CONVENTIONS)
+    if args.plot:
+        title = (f"{cfg.model} {cfg.backbone} at {height}x{width}: "
+                 f"{format_count(report.total_macs)}MACs, {format_count(report.params)} params")
+        plot_breakdown(report, args.depth, args.plot, title)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from src.data.transforms import rescale_size, resize_image
+from src.data.transforms import normalize, rescale_size, resize_image, to_chw
 
 EVAL_MODES = ("whole", "slide")
 
@@ -136,8 +136,7 @@ class SegInferencer:
             raise ValueError(f"config key 'eval_scales' must be a non-empty list of positive "
                              f"ratios, got {cfg.eval_scales!r}")
         self.flip = bool(cfg.eval_flip)
-        self.mean = np.asarray(cfg.img_norm_mean, dtype=np.float32).reshape(1, 1, 3)
-        self.std = np.asarray(cfg.img_norm_std, dtype=np.float32).reshape(1, 1, 3)
+        self.mean, self.std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
 
     # -------------------------------------------------------------- network calls --
 
@@ -171,8 +170,7 @@ class SegInferencer:
 
     def preprocess(self, image, size):
         """RGB uint8 [H, W, 3] -> normalised float32 [1, 3, h, w] at ``size`` = (h, w)."""
-        x = (resize_image(image, size).astype(np.float32) - self.mean) / self.std
-        return x.transpose(2, 0, 1)[None]
+        return to_chw(normalize(resize_image(image, size), self.mean, self.std))[None]
 
     def views(self, height, width):
         """(resized size, flipped) for every test-time view of an ``height x width`` image."""

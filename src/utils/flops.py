@@ -11,15 +11,20 @@ returns a tensor of the right shape (zeros, or its input when the shape is uncha
   activations/dropout (identity, free);
 * the functional ops the models call inside composite Cells, looked up as
   ``ops.matmul`` / ``ops.interpolate`` / ``ops.softmax`` on ``mindspore.ops`` (the same
-  idea as ptflops' patching of ``torch.nn.functional``). This is how the attention
-  products ``q @ k^T`` and ``attn @ v`` (and Segmenter's mask products) are counted: from
-  their actual operand shapes.
+  idea as ptflops' patching of ``torch.nn.functional``), and operator instances stored on
+  a Cell (``self.resize = ops.ResizeBilinearV2(...)``; ``MatMul``, ``BatchMatMul``,
+  ``Softmax``). This is how the attention products ``q @ k^T`` and ``attn @ v`` (and
+  Segmenter's mask products) are counted: from their actual operand shapes.
 
 What is left running for real is data movement (reshape, transpose, concat, add, slicing),
 so counting SegFormer-B0 at 1024x2048 takes seconds, not the minute a real CPU forward
 takes; memory use is that of one forward pass (activations are allocated, as zeros).
 Every other leaf Cell runs its real ``construct``; one that owns parameters but has no
-rule is listed in ``report.uncounted`` (its cost is missing from the total).
+rule, and an operator instance on a Cell that has no rule, are listed in
+``report.uncounted`` (their cost, if any, is missing from the total). An operator called
+another way (``x @ y``, ``mint.*``) is not seen at all: the tests compare the totals with
+PyTorch's FlopCounterMode on reference models, so a model change that hides work fails
+there.
 
 Conventions (those of fvcore, which the MMClassification ``get_flops`` and the ViT
 numbers 17.58 GMAC @224 use; one fused multiply-add = 1 MAC):
@@ -157,6 +162,17 @@ class FlopsReport:
             return self.total_macs
         return sum(m for scope, _, m in self.records if scope == name or scope.startswith(name + "."))
 
+    def partition(self, depth):
+        """[(name, MACs)] that add up to the total: the Cells ``depth`` levels down, and
+        ``"<name> (own)"`` for work a shallower Cell does itself (e.g. the decode head's
+        interpolation) rather than in a child."""
+        parts = {}
+        for scope, _, macs in self.records:
+            levels = scope.split(".") if scope else []
+            key = ".".join(levels[:depth]) if len(levels) >= depth else f"{scope or 'model'} (own)"
+            parts[key] = parts.get(key, 0) + macs
+        return list(parts.items())
+
     def table(self, max_depth=2):
         rows = [("model", f"{self.params:,}", format_count(self.total_macs))]
         for name in self.cell_names:
@@ -190,8 +206,12 @@ class _Counter:
             self.records.append((self.scope[-1], op, int(macs)))
 
     # -- stand-ins for functional ops ---------------------------------------------------
-    def matmul(self, input, other):  # noqa: A002  (the signature of ops.matmul)
+    def matmul(self, input, other, transpose_a=False, transpose_b=False):  # noqa: A002
         a, b = tuple(input.shape), tuple(other.shape)
+        if transpose_a and len(a) >= 2:
+            a = a[:-2] + (a[-1], a[-2])
+        if transpose_b and len(b) >= 2:
+            b = b[:-2] + (b[-1], b[-2])
         if len(a) < 2 or len(b) < 2:
             raise FlopCountError(f"ops.matmul of shapes {a} and {b}: vectors are not supported")
         if a[-1] != b[-2]:
@@ -226,6 +246,20 @@ class _Counter:
     def softmax(input, axis=-1, *, dtype=None):  # noqa: A002
         return input if dtype is None else input.astype(dtype)
 
+    # -- stand-ins for operator instances stored on Cells ---------------------------------
+    def primitive(self, prim):
+        """The stand-in for ``prim`` (an ``ops.Primitive``), or None if it has no rule."""
+        if isinstance(prim, ops.ResizeBilinearV2):
+            def resize(x, size):
+                size = size.asnumpy().tolist() if isinstance(size, ms.Tensor) else size
+                return self.interpolate(x, size=tuple(int(v) for v in size), mode="bilinear")
+            return resize
+        if isinstance(prim, (ops.MatMul, ops.BatchMatMul)):
+            return lambda x, y: self.matmul(x, y, prim.transpose_a, prim.transpose_b)
+        if isinstance(prim, ops.Softmax):
+            return lambda x: x
+        return None
+
     # -- Cell wrappers ----------------------------------------------------------------
     def leaf(self, name, cell, op, rule):
         def construct(x, *args, **kwargs):
@@ -254,7 +288,7 @@ FUNCTIONAL_STAND_INS = ("matmul", "interpolate", "softmax")
 @contextlib.contextmanager
 def _stand_ins(net, counter):
     """Swap kernels for counting stand-ins; everything is restored on exit."""
-    wrapped, uncounted = [], []
+    wrapped, swapped, uncounted = [], [], []
     saved_ops = {name: getattr(ops, name) for name in FUNCTIONAL_STAND_INS}
     try:
         for name, cell in net.cells_and_names():
@@ -265,6 +299,14 @@ def _stand_ins(net, counter):
                 construct = counter.composite(name, cell)
                 if not cell.name_cells() and any(True for _ in cell.get_parameters(expand=False)):
                     uncounted.append(f"{name} ({type(cell).__name__})")
+                for attr, value in list(vars(cell).items()):
+                    if isinstance(value, ops.Primitive):
+                        stand_in = counter.primitive(value)
+                        if stand_in is None:
+                            uncounted.append(f"{name}.{attr} ({type(value).__name__})")
+                            continue
+                        object.__setattr__(cell, attr, stand_in)
+                        swapped.append((cell, attr, value))
             object.__setattr__(cell, "construct", construct)
             wrapped.append(cell)
         for name in FUNCTIONAL_STAND_INS:
@@ -273,6 +315,8 @@ def _stand_ins(net, counter):
     finally:
         for name, fn in saved_ops.items():
             setattr(ops, name, fn)
+        for cell, attr, value in swapped:
+            object.__setattr__(cell, attr, value)
         for cell in wrapped:
             cell.__dict__.pop("construct", None)
 

@@ -10,8 +10,11 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from tests.distributed.launch_utils import free_port, log_tails, python_env, run
+
+pytestmark = pytest.mark.slow   # subprocesses: a real 2-rank msrun job
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dp_linear_worker.py")
 

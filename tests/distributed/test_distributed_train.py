@@ -12,6 +12,7 @@ deterministic data (no random resize/crop/flip/colour, no dropout), then:
   from the same first-step loss as rank 0 (same weights, same data) but ends elsewhere:
   the only difference is the gradient exchange.
 """
+import importlib.util
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from src.data import create_dataset, list_samples
 from src.utils.config import load_config
 from tests.distributed.launch_utils import REPO, free_port, log_tails, python_env
 
+pytestmark = pytest.mark.slow   # subprocesses: a real 2-rank msrun job
+
 CONFIG = os.path.join(REPO, "config", "segformer.b0.demo.yaml")
 SEED = 1
 NUM_TRAIN = 4
@@ -40,7 +43,6 @@ CKPT = "segformer_mit_b0_1.ckpt"
 
 
 def load_tool(name):
-    import importlib.util
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,6 +9,7 @@ from src.engine.loss import ClassificationCrossEntropy, SegmentationCrossEntropy
 from src.engine.optim import build_optimizer
 from src.engine.train_step import TrainStep
 from src.utils.config import load_config
+from tests.engine.train_helpers import tiny_segformer
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
 
@@ -137,18 +138,16 @@ def test_nan_input_to_segformer_takes_the_overflow_path():
 
 def test_amp_levels_keep_batchnorm_in_float32_and_run_on_cpu():
     """O2: Dense/Conv compute in fp16, BatchNorm in fp32; O3: BatchNorm too in fp16. A
-    training-mode forward+backward (DropPath active) runs at every level on the CPU."""
-    from src.models import build_model
+    training-mode forward+backward (DropPath, dropout active) of the SegFormer layer types
+    runs at every level on the CPU backend."""
     from src.models.layers import LayerNorm
 
-    cfg = load_config("", ["--model=segformer", "--backbone=mit_b0", "--class_num=4",
-                           "--drop_path_rate=0.2"])
-    images = ms.Tensor(np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32))
-    labels = ms.Tensor(np.random.default_rng(2).integers(0, 4, (1, 64, 64)).astype(np.int32))
+    images = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    labels = ms.Tensor(np.random.default_rng(2).integers(0, 4, (2, 64, 64)).astype(np.int32))
     losses = {}
     for level in ("O0", "O1", "O2", "O3"):
         ms.set_seed(0)
-        net = build_model(cfg)
+        net = tiny_segformer(drop_path_rate=0.2)
         seen = {}
 
         def hook(cell, inputs, outputs, seen=seen):
@@ -169,9 +168,10 @@ def test_amp_levels_keep_batchnorm_in_float32_and_run_on_cpu():
             assert seen["Dense"] == {"Float16"} and seen["BatchNorm2d"] == {"Float32"}
         if level == "O3":
             assert seen["BatchNorm2d"] == {"Float16"}
-    # same seed, same init: fp16 compute changes the loss only slightly
+    # fp16 compute changes the loss of the same initial network only slightly (the DropPath
+    # masks differ between levels, so this is a loose check)
     for level in ("O1", "O2", "O3"):
-        assert losses[level] == pytest.approx(losses["O0"], rel=2e-2), level
+        assert losses[level] == pytest.approx(losses["O0"], rel=5e-2), level
 
 
 def test_bad_amp_keys_are_clear_errors():

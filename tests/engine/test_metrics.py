@@ -116,3 +116,22 @@ def test_topk_against_brute_force():
         assert n == brute
     one_hot = np.eye(8)[labels]
     assert topk_correct(logits, one_hot, ks=(1,)) == [got[0]]
+
+
+def test_all_reduce_counts_is_exact_beyond_int32(monkeypatch):
+    """Counts cross ranks as float32 digits (the CPU AllReduce takes floats only); the sum
+    must be exact for int64 pixel counts. The collective is replaced by 'three ranks
+    holding the same counts' (x * 3)."""
+    import mindspore as ms
+    from src.engine import evaluate
+
+    class ThreeRanks:
+        def __call__(self, tensor):
+            assert tensor.dtype == ms.float32
+            assert tensor.asnumpy().max() * 3 < 2**24  # float32 sums stay exact
+            return tensor * 3
+
+    monkeypatch.setattr(evaluate.ops, "AllReduce", ThreeRanks)
+    counts = np.array([[0, 1, (1 << 20) - 1], [1 << 20, 5_000_000_123, 2**33 + 7]], dtype=np.int64)
+    np.testing.assert_array_equal(evaluate.all_reduce_counts(counts, 3), counts * 3)
+    np.testing.assert_array_equal(evaluate.all_reduce_counts(counts, 1), counts)

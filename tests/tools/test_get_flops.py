@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 import mindspore as ms
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -62,6 +63,8 @@ def test_segformer_b0_cityscapes_published_numbers():
     # the attention products are counted (plain attention): the stage-1 q@k^T of one block
     # alone is 131072 queries x 2048 keys x 32 channels
     assert report.by_operator()["matmul"] >= 2 * 2 * 131072 * 2048 * 32
+    # the decode head upsamples c2..c4 (256 channels each) bilinearly to 256x512
+    assert report.by_operator()["interpolate"] == 4 * 3 * 256 * 256 * 512
 
 
 def test_vit_b16_published_numbers():
@@ -115,10 +118,19 @@ def test_segmenter_matches_reference_with_padding_and_resized_pos_embed():
     assert out.shape == (1, classes, 40, 50) and float(abs(out).sum().asnumpy()) > 0
 
 
-def test_per_module_table_adds_up():
-    report = count_model(build_model(config("segformer.b0.demo.yaml")), (1, 3, 64, 128))
+def test_per_module_table_adds_up_and_the_network_is_left_intact():
+    net = build_model(config("segformer.b0.demo.yaml"))
+    net.set_train(False)
+    image = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 64, 128)), ms.float32)
+    before = net(image).asnumpy()
+    report = count_model(net, (1, 3, 64, 128))
+    np.testing.assert_array_equal(net(image).asnumpy(), before)   # stand-ins all removed
     assert report.macs_of("backbone") + report.macs_of("decode_head") == report.total_macs
     assert report.cell_params["backbone"] + report.cell_params["decode_head"] == report.params
+    for depth in (1, 2, 3):
+        assert sum(macs for _, macs in report.partition(depth)) == report.total_macs
+    # the head's own work (not in a child Cell): upsampling 3 x 256 channels to 16x32
+    assert dict(report.partition(2))["decode_head (own)"] == 4 * 3 * 256 * 16 * 32
     table = report.table(max_depth=1)
     assert "backbone" in table and "decode_head" in table and "backbone.block1" not in table
 

@@ -1,0 +1,59 @@
+"""Shared pieces of the training-engine tests: a tiny SegFormer and the demo datasets."""
+import functools
+import importlib.util
+import os
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_segformer(class_num=4, drop_path_rate=0.2):
+    """The SegFormer layer types (overlap patch embed, efficient attention, Mix-FFN with
+    depthwise conv, LayerNorm, BatchNorm head) at a few thousand parameters."""
+    from src.models.mit import MixVisionTransformer
+    from src.models.segformer import SegFormer
+    from src.models.segformer_head import SegFormerHead
+
+    dims = (8, 16, 16, 16)
+    backbone = MixVisionTransformer(dims, num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1),
+                                    drop_path_rate=drop_path_rate)
+    return SegFormer(backbone, SegFormerHead(dims, 16, class_num, dropout=0.1))
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def demo_data():
+    """(cityscapes_root, imagenet_root) of a small demo dataset, generated once per process
+    with the project's own tools (the tests must not depend on data/ existing)."""
+    base = tempfile.mkdtemp(prefix="engine_demo_")
+    city, imnet = os.path.join(base, "city"), os.path.join(base, "imagenet")
+    _load_tool("make_demo_data").main([
+        "--out", city, "--imagenet_out", imnet, "--seed", "0", "--num_train", "8",
+        "--num_val", "4", "--height", "128", "--width", "256",
+        "--imagenet_train_per_class", "8", "--imagenet_val_per_class", "4",
+        "--imagenet_size", "32"])
+    if _load_tool("convert_dataset").main([city]) != 0:
+        raise RuntimeError("tools/convert_dataset.py failed on the demo data")
+    return city, imnet
+
+
+def seg_demo_args(city, out_dir):
+    """Overrides that shrink config/*.demo.yaml segmentation runs to test size (GRAPH mode:
+    one compile, then ~0.3 s per SegFormer-B0 step on 2 cores)."""
+    return [f"--data_path={city}", "--mode=GRAPH", "--device_target=CPU",
+            "--crop_size=[64,64]", "--base_size=[64,128]", "--eval_base_size=[64,128]",
+            "--eval_mode=whole", "--dataset_num_parallel_workers=1", "--batch_size=2",
+            f"--output_dir={out_dir}", f"--checkpoint_path={os.path.join(out_dir, 'ckpt')}"]
+
+
+def vit_demo_args(imnet, out_dir):
+    return [f"--data_path={imnet}", "--mode=GRAPH", "--device_target=CPU", "--image_size=32",
+            "--train_image_size=32", "--eval_image_size=32", "--batch_size=8",
+            "--eval_batch_size=8", "--dataset_num_parallel_workers=1",
+            f"--output_dir={out_dir}", f"--checkpoint_path={os.path.join(out_dir, 'ckpt')}"]
