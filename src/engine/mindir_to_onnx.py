@@ -368,6 +368,33 @@ class _Converter:
         return self.emit("Conv", [self.ref(ins[0]), self.ref(ins[1])], shape=shapes[0], **kwargs)
 
 
+    def op_Im2Col(self, node, ins, shapes):
+        """``ops.unfold``: [B, C, H, W] -> [B, C, kh*kw, L]. ONNX has no im2col; a depthwise
+        Conv whose C*kh*kw filters are one-hot (filter c*kh*kw + i*kw + j picks offset (i, j)
+        of channel c) produces the same values exactly (x*1 plus zeros), then a Reshape."""
+        attrs = self._prim_attrs(node)
+        kh, kw = attrs["ksizes"]
+        if str(attrs.get("padding_mode", "CALCULATED")).upper() != "CALCULATED":
+            raise OnnxConversionError(f"Im2Col padding_mode {attrs['padding_mode']} not supported")
+        pads = list(attrs.get("pads", (0, 0)))
+        if len(pads) == 1:      # one value for all sides
+            pads = pads * 4
+        elif len(pads) == 2:    # (height, width), both sides
+            pads = [pads[0], pads[0], pads[1], pads[1]]
+        top, bottom, left, right = pads
+        x = self.ref(ins[0])
+        channels = self.shapes[x][1]
+        picker = np.zeros((channels * kh * kw, 1, kh, kw), dtype=np.float32)
+        for c in range(channels):
+            for i in range(kh):
+                for j in range(kw):
+                    picker[(c * kh + i) * kw + j, 0, i, j] = 1.0
+        cols = self.emit("Conv", [x, self.const_input(picker)], group=channels,
+                         kernel_shape=[kh, kw], strides=list(attrs["strides"]),
+                         dilations=list(attrs["dilations"]), pads=[top, left, bottom, right])
+        return self.emit("Reshape", [cols, self.const_input(shapes[0], np.int64)], shape=shapes[0])
+
+
 def mindir_to_onnx(mindir_path, onnx_path):
     """Write the ONNX equivalent of ``mindir_path`` to ``onnx_path``; returns the ONNX model."""
     model = mind_ir_pb2.ModelProto()

@@ -23,6 +23,73 @@ class DropPath(nn.Cell):
         return x / self.keep_prob * mask.astype(x.dtype)
 
 
+class Im2ColConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, names and init) computed on CPU as im2col + matmul.
+
+    MindSpore 2.10's CPU Conv2D kernel is several times slower than ``ops.unfold`` + one
+    matmul at SegFormer's shapes, forward and backward: ~5x for the strided patch
+    embeddings, ~4-10x for the 3x3 depthwise conv of Mix-FFN (``group == channels``),
+    see benchmarks/bench_models.py. Same arithmetic (one dot product per output over the
+    same window), so results match ``nn.Conv2d`` to float32 rounding. Supports what the
+    models use: NCHW, ``pad_mode="pad"`` or ``"valid"``, no dilation, ``group`` 1 or
+    ``in_channels == out_channels == group`` (depthwise).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode="pad",
+                 padding=0, group=1, **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         pad_mode=pad_mode, padding=padding, group=group, **kwargs)
+        if pad_mode not in ("pad", "valid") or not isinstance(padding, int):
+            raise ValueError(f"Im2ColConv2d: pad_mode 'pad'/'valid' with one int padding "
+                             f"expected, got pad_mode={pad_mode!r} padding={padding!r}")
+        if group not in (1, in_channels) or (group > 1 and out_channels != in_channels):
+            raise ValueError(f"Im2ColConv2d: group must be 1 or depthwise (group == in == out "
+                             f"channels), got in={in_channels} out={out_channels} group={group}")
+        self.pad = padding if pad_mode == "pad" else 0
+        # Ascend/GPU have fast conv kernels: there the native nn.Conv2d path runs.
+        self.im2col = ms.get_context("device_target") == "CPU"
+
+    def construct(self, x):
+        if not self.im2col:
+            return super().construct(x)
+        batch, channels, height, width = x.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        out_h = (height + 2 * self.pad - kh) // sh + 1
+        out_w = (width + 2 * self.pad - kw) // sw + 1
+        # [B, C*kh*kw, out_h*out_w], channel-major like the weight [out, C/group, kh, kw]
+        cols = ops.unfold(x, (kh, kw), padding=self.pad, stride=(sh, sw))
+        weight = self.weight.astype(x.dtype)
+        if self.group == 1:
+            y = ops.matmul(weight.reshape(self.out_channels, -1), cols)
+        else:  # depthwise: one (1 x kh*kw) @ (kh*kw x L) product per channel
+            cols = cols.reshape(batch, channels, kh * kw, out_h * out_w)
+            y = ops.matmul(weight.reshape(1, channels, 1, kh * kw), cols)
+        y = y.reshape(batch, self.out_channels, out_h, out_w)
+        if self.has_bias:
+            y = y + self.bias.astype(x.dtype).reshape(1, -1, 1, 1)
+        return y
+
+
+class GELU(nn.GELU):
+    """Exact (erf) GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))``, written out.
+
+    The same function as ``nn.GELU(approximate=False)`` (erf, not the tanh form), but
+    on CPU MindSpore 2.10's fused GeLU / GeLUGrad kernels are slower than this composition:
+    ~3x in PYNATIVE forward, ~1.5-3x for the gradient, about equal in GRAPH forward
+    (measured on [8, 197, 3072] float32, 2 threads).
+    """
+
+    def __init__(self):
+        super().__init__(approximate=False)
+        # Ascend/GPU: their fused GeLU kernels are the fast path.
+        self.composed = ms.get_context("device_target") == "CPU"
+
+    def construct(self, x):
+        if not self.composed:
+            return super().construct(x)
+        return x * 0.5 * (1.0 + ops.erf(x * 0.7071067811865476))
+
+
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with PyTorch parameter names (``weight``, ``bias``).
 

@@ -17,7 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
-from src.models.layers import DropPath, LayerNorm
+from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
 MIT_SETTINGS = {
@@ -44,11 +44,12 @@ def dense(in_features, out_features):
 
 
 def conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, group=1):
-    """Conv with upstream init: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups."""
+    """Conv with upstream init: normal(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups.
+    Computed as im2col + matmul (``Im2ColConv2d``: MindSpore's CPU conv kernel is slow)."""
     fan_out = kernel_size * kernel_size * out_channels // group
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
-                     padding=padding, group=group, has_bias=True,
-                     weight_init=Normal(sigma=math.sqrt(2.0 / fan_out)), bias_init=Zero())
+    return Im2ColConv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
+                        padding=padding, group=group, has_bias=True,
+                        weight_init=Normal(sigma=math.sqrt(2.0 / fan_out)), bias_init=Zero())
 
 
 def tokens_to_map(x, height, width):
@@ -133,7 +134,7 @@ class MixFFN(nn.Cell):
         super().__init__()
         self.fc1 = dense(dim, hidden_dim)
         self.dwconv = DWConv(hidden_dim)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = dense(hidden_dim, dim)
         self.drop = nn.Dropout(p=drop)
 

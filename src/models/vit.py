@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
-from src.models.layers import DropPath, LayerNorm
+from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
 VIT_WIDTHS = {
@@ -80,9 +80,11 @@ class PatchEmbed(nn.Cell):
         super().__init__()
         self.patch_size = patch_size
         # torch's default Conv2d init (kaiming_uniform a=sqrt(5)); timm keeps it for ViT.
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size,
-                              pad_mode="valid", has_bias=True,
-                              weight_init=HeUniform(negative_slope=math.sqrt(5)), bias_init=Zero())
+        # Im2ColConv2d: MindSpore's CPU conv kernel is ~10x slower at this shape.
+        self.proj = Im2ColConv2d(in_channels, embed_dim, kernel_size=patch_size,
+                                 stride=patch_size, pad_mode="valid", has_bias=True,
+                                 weight_init=HeUniform(negative_slope=math.sqrt(5)),
+                                 bias_init=Zero())
 
     def construct(self, x):
         x = self.proj(x)
@@ -123,7 +125,7 @@ class Mlp(nn.Cell):
     def __init__(self, dim, hidden_dim, drop=0.0):
         super().__init__()
         self.fc1 = dense(dim, hidden_dim)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = dense(hidden_dim, dim)
         self.drop = nn.Dropout(p=drop)
 

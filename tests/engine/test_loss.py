@@ -7,8 +7,8 @@ import mindspore as ms
 
 from src.engine.loss import ClassificationCrossEntropy, SegmentationCrossEntropy, build_loss
 from src.utils.config import load_config
+from tests.engine.train_helpers import pynative_mode  # noqa: F401 (autouse)
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
 def ms_value_and_grad(loss_fn, logits, labels):

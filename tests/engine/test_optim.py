@@ -7,8 +7,8 @@ from mindspore import nn, ops
 
 from src.engine.optim import OptimizerError, build_optimizer, param_groups
 from src.utils.config import load_config
+from tests.engine.train_helpers import pynative_mode  # noqa: F401 (autouse)
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
 class TwoLayer(nn.Cell):

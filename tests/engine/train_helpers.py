@@ -1,8 +1,13 @@
 """Shared pieces of the training-engine tests: a tiny SegFormer and the demo datasets."""
+import atexit
 import functools
 import importlib.util
 import os
+import shutil
 import tempfile
+
+import mindspore as ms
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,6 +37,7 @@ def demo_data():
     """(cityscapes_root, imagenet_root) of a small demo dataset, generated once per process
     with the project's own tools (the tests must not depend on data/ existing)."""
     base = tempfile.mkdtemp(prefix="engine_demo_")
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
     city, imnet = os.path.join(base, "city"), os.path.join(base, "imagenet")
     _load_tool("make_demo_data").main([
         "--out", city, "--imagenet_out", imnet, "--seed", "0", "--num_train", "8",
@@ -57,3 +63,12 @@ def vit_demo_args(imnet, out_dir):
             "--train_image_size=32", "--eval_image_size=32", "--batch_size=8",
             "--eval_batch_size=8", "--dataset_num_parallel_workers=1",
             f"--output_dir={out_dir}", f"--checkpoint_path={os.path.join(out_dir, 'ckpt')}"]
+
+
+@pytest.fixture(autouse=True)
+def pynative_mode():
+    """Import into a test module to run its tests in PYNATIVE mode whatever another module
+    set at import time (the execution mode is process-wide); GRAPH tests set it themselves."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.PYNATIVE_MODE)
