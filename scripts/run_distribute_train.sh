@@ -25,16 +25,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 USAGE="Usage: bash scripts/run_distribute_train.sh DEVICE_NUM RANK_TABLE_FILE CONFIG_FILE [DATASET_PATH] [PRETRAINED_CKPT_PATH] [RUN_EVAL] [--key=value ...]"
 
-die() { echo "error: $*" >&2; exit 2; }
-abs_path() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
-
-POSITIONAL=(); OVERRIDES=()
-for arg in "$@"; do
-  if [[ "$arg" == --* || ${#OVERRIDES[@]} -gt 0 ]]; then OVERRIDES+=("$arg"); else POSITIONAL+=("$arg"); fi
-done
-if [[ ${#POSITIONAL[@]} -lt 3 || ${#POSITIONAL[@]} -gt 6 ]]; then
-  echo "$USAGE" >&2; exit 2
-fi
+source "$ROOT/scripts/common.sh"
+split_args 3 6 "$@"
 DEVICE_NUM="${POSITIONAL[0]}"
 [[ "$DEVICE_NUM" =~ ^[1-9][0-9]*$ ]] || die "DEVICE_NUM must be a positive integer, got '$DEVICE_NUM'"
 RANK_TABLE_FILE="$(abs_path "${POSITIONAL[1]}")"
@@ -57,9 +49,7 @@ case "$RUN_EVAL" in
   *) die "RUN_EVAL must be True or False, got '$RUN_EVAL'" ;;
 esac
 
-PYTHON="${PYTHON:-python}"
-command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON=/path/to/python)"
-PYTHON="$("$PYTHON" -c 'import sys; print(sys.executable)')"   # every rank runs this same interpreter
+resolve_python   # every rank runs this same interpreter
 [[ -f "$ROOT/train.py" ]] || die "$ROOT/train.py not found"
 
 # The full config (YAML chain + command line) must load, and must target Ascend: a rank

@@ -29,16 +29,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 USAGE="Usage: bash scripts/run_distribute_train_msrun.sh WORKER_NUM CONFIG_FILE [DATASET_PATH] [PRETRAINED_CKPT_PATH] [RUN_EVAL] [--key=value ...]"
 
-die() { echo "error: $*" >&2; exit 2; }
-abs_path() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
-
-POSITIONAL=(); OVERRIDES=()
-for arg in "$@"; do
-  if [[ "$arg" == --* || ${#OVERRIDES[@]} -gt 0 ]]; then OVERRIDES+=("$arg"); else POSITIONAL+=("$arg"); fi
-done
-if [[ ${#POSITIONAL[@]} -lt 2 || ${#POSITIONAL[@]} -gt 5 ]]; then
-  echo "$USAGE" >&2; exit 2
-fi
+source "$ROOT/scripts/common.sh"
+split_args 2 5 "$@"
 WORKER_NUM="${POSITIONAL[0]}"
 [[ "$WORKER_NUM" =~ ^[1-9][0-9]*$ ]] || die "WORKER_NUM must be a positive integer, got '$WORKER_NUM'"
 CONFIG_FILE="$(abs_path "${POSITIONAL[1]}")"
@@ -67,9 +59,7 @@ LOG_DIR="$(abs_path "${LOG_DIR:-run_distribute_train_msrun}")"
 case "$BIND_CORE" in True|False) ;; *) die "BIND_CORE must be True or False, got '$BIND_CORE'" ;; esac
 
 # msrun starts every worker as `python` from PATH: make that the interpreter the user runs.
-PYTHON="${PYTHON:-python}"
-command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON=/path/to/python)"
-PYTHON="$("$PYTHON" -c 'import sys; print(sys.executable)')"
+resolve_python
 export PATH="$(dirname "$PYTHON"):$PATH"
 [[ "$(python -c 'import sys; print(sys.prefix)')" == "$("$PYTHON" -c 'import sys; print(sys.prefix)')" ]] \
   || die "'python' in $(dirname "$PYTHON") is not $PYTHON; msrun would start a different interpreter"

@@ -21,16 +21,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 USAGE="Usage: bash scripts/run_standalone_train.sh DEVICE_ID CONFIG_FILE [DATASET_PATH] [PRETRAINED_CKPT_PATH] [RUN_EVAL] [--key=value ...]"
 
-die() { echo "error: $*" >&2; exit 2; }
-abs_path() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
-
-POSITIONAL=(); OVERRIDES=()
-for arg in "$@"; do
-  if [[ "$arg" == --* || ${#OVERRIDES[@]} -gt 0 ]]; then OVERRIDES+=("$arg"); else POSITIONAL+=("$arg"); fi
-done
-if [[ ${#POSITIONAL[@]} -lt 2 || ${#POSITIONAL[@]} -gt 5 ]]; then
-  echo "$USAGE" >&2; exit 2
-fi
+source "$ROOT/scripts/common.sh"
+split_args 2 5 "$@"
 DEVICE_ID="${POSITIONAL[0]}"
 CONFIG_FILE="${POSITIONAL[1]}"
 DATASET_PATH="${POSITIONAL[2]:-}"
@@ -44,8 +36,7 @@ case "$RUN_EVAL" in
   ""|True|False|true|false) ;;
   *) die "RUN_EVAL must be True or False, got '$RUN_EVAL'" ;;
 esac
-PYTHON="${PYTHON:-python}"
-command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON=/path/to/python)"
+resolve_python
 
 ARGS=("--config_path=$CONFIG_FILE")
 [[ -n "$DATASET_PATH" ]] && ARGS+=("--data_path=$DATASET_PATH")

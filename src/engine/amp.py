@@ -20,6 +20,10 @@ whose gradients are not finite (that step is skipped) and multiplied by it after
 ``loss_scale_window`` consecutive finite steps; ``fixed`` -- constant ``loss_scale``;
 ``none`` -- scale 1. Whatever the type, a step with non-finite gradients is skipped.
 """
+import contextlib
+import os
+import tempfile
+
 import mindspore as ms
 from mindspore import nn
 
@@ -61,7 +65,25 @@ def apply_amp(net, amp_level):
     if amp_level == "O2":
         black_list = ms.amp.get_black_list() + [LayerNorm, nn.SyncBatchNorm]
         return ms.amp.custom_mixed_precision(net, black_list=black_list, dtype=ms.float16)
-    return ms.amp.auto_mixed_precision(net, amp_level, dtype=ms.float16)
+    with _rewrite_scratch_dir():
+        return ms.amp.auto_mixed_precision(net, amp_level, dtype=ms.float16)
+
+
+@contextlib.contextmanager
+def _rewrite_scratch_dir():
+    """O1 goes through mindspore.rewrite, which writes generated network source into
+    ``./rewritten_network/`` of the *current* directory and imports it from there. Run it
+    from a per-process scratch folder instead, so users' working directories stay clean and
+    parallel runs cannot collide. The folder is kept: graph compilation re-reads the source.
+    """
+    scratch = os.path.join(tempfile.gettempdir(), f"ms_amp_rewrite_{os.getpid()}")
+    os.makedirs(scratch, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(scratch)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def build_loss_scaler(cfg):
