@@ -38,6 +38,10 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.utils.plotting import parse_window_size, pyplot, save_figure  # noqa: E402
+
 STEP_KEYS = ("loss", "lr", "step_time", "loss_scale", "eta")
 EPOCH_KEYS = ("mean_loss", "epoch_time", "mIoU", "mAcc", "aAcc", "top1", "top5")
 
@@ -208,9 +212,7 @@ def load_logs(paths):
 
 def plot_curve(logs, keys, out, legend=None, title=None, window_size=(12.0, 7.0)):
     """One subplot per key, one curve per log; written to ``out`` (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     legend = legend or [log.label for log in logs]
     if len(legend) != len(logs):
@@ -238,9 +240,7 @@ def plot_curve(logs, keys, out, legend=None, title=None, window_size=(12.0, 7.0)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 # ------------------------------------------------------------------------ train time --
@@ -341,16 +341,6 @@ def rank_summary(logs, stats):
 
 
 # ------------------------------------------------------------------------------- CLI --
-
-def parse_window_size(text):
-    try:
-        width, height = (float(v) for v in text.lower().split("*"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W*H in inches (e.g. 12*7), got '{text}'") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"window size must be positive, got '{text}'")
-    return width, height
-
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Analyse train.py logs.", allow_abbrev=False)

@@ -23,6 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.utils.config import ConfigError, load_config  # noqa: E402
+from src.utils.plotting import pyplot, save_figure  # noqa: E402
 
 CONVENTIONS = ("MACs = multiply-accumulates (FLOPs ~ 2 x MACs). Counted: conv, dense, matmul "
                "(attention q@k^T and attn@v included), LayerNorm (5/elem), BatchNorm (2/elem), "
@@ -57,9 +58,7 @@ def default_shape(cfg):
 
 def plot_breakdown(report, depth, out, title):
     """Horizontal bars: GMACs of each part of ``report.partition(depth)``, in call order."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     parts = [(name, macs) for name, macs in report.partition(max(depth, 1)) if macs > 0]
     fig, ax = plt.subplots(figsize=(9, 0.8 + 0.32 * len(parts)))
@@ -73,9 +72,7 @@ def plot_breakdown(report, depth, out, title):
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv):

@@ -19,16 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.utils.config import ConfigError, load_config  # noqa: E402
-
-
-def parse_window_size(text):
-    try:
-        width, height = (float(v) for v in text.lower().split("*"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W*H in inches (e.g. 12*7), got '{text}'") from None
-    if width <= 0 or height <= 0:
-        raise argparse.ArgumentTypeError(f"window size must be positive, got '{text}'")
-    return width, height
+from src.utils.plotting import parse_window_size, pyplot, save_figure  # noqa: E402
 
 
 def parse_args(argv):
@@ -71,9 +62,7 @@ def lr_curves(cfg, steps_per_epoch):
 
 
 def plot_lr(curves, steps_per_epoch, warmup, out, title, window_size=(12.0, 7.0)):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=window_size)
@@ -95,10 +84,7 @@ def plot_lr(curves, steps_per_epoch, warmup, out, title, window_size=(12.0, 7.0)
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def summary_lines(cfg, curves, steps_per_epoch, warmup):

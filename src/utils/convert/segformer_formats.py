@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from src.utils.convert.common import check_class_count
+
 P = r"(?P<p>weight|bias)"
 N = r"(?P<stage>\d)"        # 1-based stage (NVlabs)
 N0 = r"(?P<stage0>\d)"      # 0-based stage (HF)
@@ -156,31 +158,14 @@ def infer_config(converted):
 
 # -------------------------------------------------------------------------- formats --
 
-CLASSIFIER = ("decode_head.linear_pred.weight", "decode_head.linear_pred.bias")
-
-
-def check_class_count(converted, skipped, cfg):
-    """The classifier must have ``cfg.class_num`` outputs; with ``cfg.drop_head`` a different
-    count is skipped instead (left freshly initialised for fine-tuning on other classes)."""
-    if cfg is None or CLASSIFIER[0] not in converted:
-        return converted, skipped
-    got = int(converted[CLASSIFIER[0]].shape[0])
-    if got == cfg.class_num:
-        return converted, skipped
-    if not cfg.get("drop_head", False):
-        raise UnmappedKeyError(f"'{CLASSIFIER[0]}' has {got} classes but config key 'class_num' "
-                               f"is {cfg.class_num}; pass --class_num={got}, or --drop_head=True "
-                               f"to leave the classifier freshly initialised")
-    kept = {k: v for k, v in converted.items() if k not in CLASSIFIER}
-    return kept, list(skipped) + [f"{k} ({got} classes, class_num {cfg.class_num})"
-                                  for k in CLASSIFIER if k in converted]
+CLASSIFIER = {"decode_head.linear_pred.weight": 0, "decode_head.linear_pred.bias": 0}  # name -> class axis
 
 
 class _SegFormerFormat:
     @classmethod
     def convert(cls, state_dict, cfg=None):
         converted, skipped = cls.rename(state_dict)
-        return check_class_count(converted, skipped, cfg)
+        return check_class_count(converted, skipped, cfg, CLASSIFIER)
 
     @classmethod
     def infer_config(cls, state_dict):

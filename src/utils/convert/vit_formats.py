@@ -20,6 +20,8 @@ or ``decoder.head``) whose class count differs from ``cfg.class_num`` are an err
 """
 import re
 
+from src.utils.convert.common import check_class_count
+
 # timm ViT encoder tensors (identical names in our VisionTransformer).
 VIT_ENCODER = [
     r"cls_token",
@@ -167,24 +169,6 @@ def _check_encoder(state_dict, prefix, cfg):
         raise ViTConversionError(f"'{key}' holds {tokens} position tokens, the network built "
                                  f"for image_size {list(image_size)} expects {grid[0]}x{grid[1]}"
                                  f" = {grid[0] * grid[1]}{hint}")
-
-
-def check_class_count(converted, skipped, cfg, class_tensors):
-    """``class_tensors`` (name -> class axis) must hold ``cfg.class_num`` classes; with
-    ``cfg.drop_head`` a different count is skipped (reported) instead of an error."""
-    present = [k for k in class_tensors if k in converted]
-    if not present:
-        return converted, skipped
-    got = int(converted[present[0]].shape[class_tensors[present[0]]])
-    if got == cfg.class_num:
-        return converted, skipped
-    if not cfg.get("drop_head", False):
-        raise ViTConversionError(f"'{present[0]}' has {got} classes but config key 'class_num' "
-                                 f"is {cfg.class_num}; pass --class_num={got}, or "
-                                 f"--drop_head=True to leave the classifier freshly initialised")
-    kept = {k: v for k, v in converted.items() if k not in class_tensors}
-    return kept, list(skipped) + [f"{k} ({got} classes, class_num {cfg.class_num})"
-                                  for k in present]
 
 
 def _model(cfg):
