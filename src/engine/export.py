@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 import mindspore as ms
 
+from src.models.cpu_kernels import disable_kernels
+
 EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
@@ -92,6 +94,8 @@ def export_network(net, cfg, log=print):
     fmt, shape, path = check_export(cfg)
     dynamic = -1 in shape[2:]
     net.set_train(False)
+    # standard ops only: the custom CPU kernels live in a library compiled on this machine
+    disable_kernels(net)
     if dynamic:
         example = ms.Tensor(shape=[d if d > 0 else None for d in shape], dtype=ms.float32)
     else:

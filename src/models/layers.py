@@ -2,6 +2,7 @@
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.models.cpu_kernels import gelu_erf_op, kernels_enabled, layer_norm_op
 from src.utils.device import data_parallel_size
 
 
@@ -20,7 +21,10 @@ class DropPath(nn.Cell):
         # drawn in float32: the CPU kernel of ops.uniform has no float16 (amp O2/O3 training)
         mask = ops.floor(self.keep_prob + ops.uniform(shape, ms.Tensor(0.0, ms.float32),
                                                       ms.Tensor(1.0, ms.float32), dtype=ms.float32))
-        return x / self.keep_prob * mask.astype(x.dtype)
+        # the scale folded into the [B, 1, ...] mask, tiled to x's shape: MindSpore 2.10's CPU
+        # RealDiv and broadcasting Mul keep 16 B per output element for the graph's lifetime
+        mask = mask * (1.0 / self.keep_prob)
+        return x * ops.tile(mask.astype(x.dtype), (1,) + x.shape[1:])
 
 
 class Im2ColConv2d(nn.Conv2d):
@@ -48,6 +52,7 @@ class Im2ColConv2d(nn.Conv2d):
         self.pad = padding if pad_mode == "pad" else 0
         # Ascend/GPU have fast conv kernels: there the native nn.Conv2d path runs.
         self.im2col = ms.get_context("device_target") == "CPU"
+        self.batch_matmul = ops.BatchMatMul()
 
     def construct(self, x):
         if not self.im2col:
@@ -59,32 +64,41 @@ class Im2ColConv2d(nn.Conv2d):
         # [B, C*kh*kw, out_h*out_w], channel-major like the weight [out, C/group, kh, kw]
         cols = ops.unfold(x, (kh, kw), padding=self.pad, stride=(sh, sw))
         weight = self.weight.astype(x.dtype)
+        # The BatchMatMul primitive, not ops.matmul: the latter's gradient transposes both
+        # operands, and each CPU Transpose kernel keeps an 8 B/element index table.
         if self.group == 1:
-            y = ops.matmul(weight.reshape(self.out_channels, -1), cols)
+            weight = weight.reshape(self.out_channels, -1)
+            y = self.batch_matmul(ops.broadcast_to(weight, (batch,) + weight.shape), cols)
         else:  # depthwise: one (1 x kh*kw) @ (kh*kw x L) product per channel
             cols = cols.reshape(batch, channels, kh * kw, out_h * out_w)
-            y = ops.matmul(weight.reshape(1, channels, 1, kh * kw), cols)
+            weight = weight.reshape(1, channels, 1, kh * kw)
+            y = self.batch_matmul(ops.broadcast_to(weight, (batch, channels, 1, kh * kw)), cols)
         y = y.reshape(batch, self.out_channels, out_h, out_w)
         if self.has_bias:
-            y = y + self.bias.astype(x.dtype).reshape(1, -1, 1, 1)
+            # BiasAdd: a broadcasting Add keeps a 16 B/element index table on CPU
+            y = ops.bias_add(y, self.bias.astype(x.dtype))
         return y
 
 
 class GELU(nn.GELU):
-    """Exact (erf) GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))``, written out.
+    """Exact (erf) GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))``.
 
-    The same function as ``nn.GELU(approximate=False)`` (erf, not the tanh form), but
-    on CPU MindSpore 2.10's fused GeLU / GeLUGrad kernels are slower than this composition:
-    ~3x in PYNATIVE forward, ~1.5-3x for the gradient, about equal in GRAPH forward
-    (measured on [8, 197, 3072] float32, 2 threads).
+    On CPU, float32: one custom kernel forward and one backward (``cpu_kernels``; MindSpore
+    2.10's Erf is ~30x slower than PyTorch's GELU at [8, 197, 3072]). Other CPU dtypes (amp)
+    or with the kernels off: the formula written out with ``ops.erf``, which MindSpore 2.10
+    runs faster than its fused GeLU/GeLUGrad CPU kernels. Ascend/GPU: their fused GeLU.
     """
 
     def __init__(self):
         super().__init__(approximate=False)
-        # Ascend/GPU: their fused GeLU kernels are the fast path.
         self.composed = ms.get_context("device_target") == "CPU"
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.gelu_erf = gelu_erf_op()
 
     def construct(self, x):
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            return self.gelu_erf(x)
         if not self.composed:
             return super().construct(x)
         return x * 0.5 * (1.0 + ops.erf(x * 0.7071067811865476))
@@ -96,6 +110,8 @@ class LayerNorm(nn.Cell):
     Upstream checkpoints name these ``weight``/``bias`` (``nn.LayerNorm`` here would say
     ``gamma``/``beta``), so conversion tables stay 1:1. Computed in float32 whatever the
     input dtype: normalisation statistics are not safe in fp16 under mixed precision.
+    On CPU a custom kernel (``cpu_kernels``) replaces MindSpore's LayerNorm/LayerNormGrad,
+    which are ~3x slower than PyTorch's at these shapes.
     """
 
     def __init__(self, normalized_shape, eps=1e-5):
@@ -104,10 +120,18 @@ class LayerNorm(nn.Cell):
         self.bias = ms.Parameter(ops.zeros((normalized_shape,), ms.float32), name="bias")
         self.eps = eps
         self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.layer_norm_kernel = layer_norm_op()
+            self.eps_tensor = ms.Tensor([eps], ms.float32)
 
     def construct(self, x):
         dtype = x.dtype
-        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight, self.bias)
+        if self.use_cpu_kernel:
+            y, _, _ = self.layer_norm_kernel(x.astype(ms.float32), self.weight, self.bias,
+                                             self.eps_tensor)
+        else:
+            y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight, self.bias)
         return y.astype(dtype)
 
 

@@ -17,6 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
+from src.models.cpu_kernels import depthwise_conv3x3_nhwc_op, kernels_enabled
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
@@ -69,17 +70,60 @@ class OverlapPatchEmbed(nn.Cell):
         super().__init__()
         self.proj = conv2d(in_chans, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
         self.norm = LayerNorm(embed_dim, eps=PATCH_NORM_EPS)
+        self.tokens_matmul = ops.BatchMatMul(transpose_a=True, transpose_b=True)
 
     def construct(self, x):
+        if self.proj.im2col:
+            # CPU: the im2col product written as cols^T @ W^T gives the tokens [B, L, O]
+            # directly, no transpose of the NCHW conv output
+            proj = self.proj
+            batch, _, height, width = x.shape
+            (kh, kw), (sh, sw) = proj.kernel_size, proj.stride
+            height = (height + 2 * proj.pad - kh) // sh + 1
+            width = (width + 2 * proj.pad - kw) // sw + 1
+            cols = ops.unfold(x, (kh, kw), padding=proj.pad, stride=(sh, sw))  # [B, C*kh*kw, L]
+            weight = proj.weight.astype(x.dtype).reshape(proj.out_channels, -1)
+            weight = ops.broadcast_to(weight, (batch,) + weight.shape)
+            x = self.tokens_matmul(cols, weight) + proj.bias.astype(x.dtype)
+            return self.norm(x), height, width
         x = self.proj(x)
         height, width = x.shape[2], x.shape[3]
         return self.norm(map_to_tokens(x)), height, width
 
 
+class Softmax(nn.Cell):
+    """Softmax over the last axis. Its gradient, y * (dy - sum(dy * y)), takes the row sums
+    as a matmul with a ones vector: MindSpore 2.10's CPU ReduceSum over the last axis (what
+    the built-in gradient uses) is ~8x slower than that matmul on the attention scores,
+    which halves the softmax backward there."""
+
+    def __init__(self):
+        super().__init__()
+        self.softmax = ops.Softmax(axis=-1)
+        self.matmul = ops.MatMul()
+
+    def construct(self, x):
+        return self.softmax(x)
+
+    def bprop(self, x, out, dout):
+        prod = dout * out
+        length = prod.shape[-1]
+        row_sums = self.matmul(prod.reshape(-1, length), ops.ones((length, 1), prod.dtype))
+        return (out * (dout - row_sums.reshape(prod.shape[:-1] + (1,))),)
+
+
 class EfficientAttention(nn.Cell):
     """Multi-head attention whose keys/values come from a spatially reduced sequence
     (conv with kernel = stride = sr_ratio, then LayerNorm); ``kv`` is one fused Linear
-    (first half keys, second half values), as upstream."""
+    (first half keys, second half values), as upstream.
+
+    Written for few copies: the products are (Batch)MatMuls with transpose flags (their
+    gradients too need no explicit transposes, unlike ``ops.matmul``'s), the 1/sqrt(d)
+    scale multiplies q ([N, d]) rather than the scores ([N, M], 16x larger at stage 1),
+    and with one head (stage 1, the longest sequence) q and the output are not permuted
+    at all. On CPU the spatial reduction is computed from the tokens directly
+    (``_reduce_tokens``).
+    """
 
     def __init__(self, dim, num_heads, sr_ratio, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -97,33 +141,84 @@ class EfficientAttention(nn.Cell):
         if sr_ratio > 1:
             self.sr = conv2d(dim, dim, sr_ratio, stride=sr_ratio)
             self.norm = LayerNorm(dim, eps=PATCH_NORM_EPS)
+            self.patch_matmul = ops.MatMul(transpose_b=True)
+        self.kv_matmul = ops.MatMul(transpose_b=True)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.values_matmul = ops.BatchMatMul()
+        # CPU: the softmax with the faster gradient; elsewhere the fused kernels
+        self.softmax = Softmax() if ms.get_context("device_target") == "CPU" else ops.Softmax(axis=-1)
 
     def construct(self, x, height, width):
         batch, tokens, dim = x.shape
-        q = self.q(x).reshape(batch, tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = self.q(x) * self.scale
         if self.sr_ratio > 1:
-            x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, height, width))))
-        kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, self.head_dim)
-        kv = kv.transpose(2, 0, 3, 1, 4)  # [k|v, B, heads, M, head_dim]
-        k, v = kv[0], kv[1]
-        attn = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale
+            # the token formulation needs static sizes (the crop test); a dynamic-shape
+            # export gets the conv
+            if self.sr.im2col and not ops.is_sequence_value_unknown(ops.shape(x)):
+                x = self.norm(self._reduce_tokens(x, height, width))
+            else:
+                x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, height, width))))
+        # keys and values from the halves of the fused kv weight: two products instead of
+        # one and two slices of its output (MindSpore's CPU StridedSlice of [B, M, 2C] costs
+        # ~5x the products; slicing the [2C, C] weight is cheap)
+        x = x.reshape(-1, dim)
+        weight, bias = self.kv.weight.astype(x.dtype), self.kv.bias.astype(x.dtype)
+        k = self.kv_matmul(x, weight[:dim]) + bias[:dim]                        # [B*M, C]
+        v = self.kv_matmul(x, weight[dim:]) + bias[dim:]
+        if self.num_heads == 1:
+            k, v = k.reshape(batch, -1, dim), v.reshape(batch, -1, dim)
+        else:  # [B, heads, N or M, head_dim]
+            q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+            k = k.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+            v = v.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        attn = self.scores_matmul(q, k)
         if attn.dtype != ms.float32:  # mixed precision: softmax statistics in fp32, as upstream
-            attn = ops.softmax(attn.astype(ms.float32), axis=-1).astype(v.dtype)
+            attn = self.softmax(attn.astype(ms.float32)).astype(v.dtype)
         else:
-            attn = ops.softmax(attn, axis=-1)
-        attn = self.attn_drop(attn)
-        x = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+            attn = self.softmax(attn)
+        x = self.values_matmul(self.attn_drop(attn), v)
+        if self.num_heads > 1:
+            x = x.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(x))
+
+    def _reduce_tokens(self, x, height, width):
+        """The spatial-reduction conv (kernel = stride = r, no padding) on tokens [B, H*W, C]:
+        the r x r patches do not overlap, so they are gathered by one reshape/transpose and
+        multiplied by the weight as [B*M, r*r*C] @ [r*r*C, C]: no NCHW transposes and no
+        im2col copy. Rows/columns beyond the last whole patch are dropped, as the conv does."""
+        batch, _, channels = x.shape
+        r = self.sr_ratio
+        out_h, out_w = height // r, width // r
+        if height % r or width % r:
+            x = x.reshape(batch, height, width, channels)[:, :out_h * r, :out_w * r, :]
+        # [B*h', i, w', (j, c)] -> [B*h', w', i, (j, c)]: one row per patch, (i, j, c) order
+        x = x.reshape(batch * out_h, r, out_w, r * channels).transpose(0, 2, 1, 3)
+        x = x.reshape(batch * out_h * out_w, r * r * channels)
+        weight = self.sr.weight.astype(x.dtype).transpose(0, 2, 3, 1).reshape(channels, -1)
+        y = self.patch_matmul(x, weight) + self.sr.bias.astype(x.dtype)
+        return y.reshape(batch, out_h * out_w, channels)
 
 
 class DWConv(nn.Cell):
-    """3x3 depthwise conv on the token sequence seen as a map (Mix-FFN's position cue)."""
+    """3x3 depthwise conv on the token sequence seen as a map (Mix-FFN's position cue).
+
+    On CPU (float32) one custom kernel convolves the channels-last tokens in place of
+    transpose -> im2col conv -> transpose (``cpu_kernels``); elsewhere the NCHW conv.
+    """
 
     def __init__(self, dim):
         super().__init__()
         self.dwconv = conv2d(dim, dim, 3, stride=1, padding=1, group=dim)
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.conv_nhwc = depthwise_conv3x3_nhwc_op()
 
     def construct(self, x, height, width):
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            batch, tokens, channels = x.shape
+            y = self.conv_nhwc(x.reshape(batch, height, width, channels), self.dwconv.weight,
+                               self.dwconv.bias)
+            return y.reshape(batch, tokens, channels)
         return map_to_tokens(self.dwconv(tokens_to_map(x, height, width)))
 
 

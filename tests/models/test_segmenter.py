@@ -58,6 +58,22 @@ def test_logits_match_reference(hf_encoder, tmp_path, decoder):
     assert rel_err(ours, ref) < 1e-4
 
 
+def test_mask_transformer_matches_reference_in_graph_mode(hf_encoder, tmp_path):
+    """The compiled graph against the reference too (encoder and decoder attention)."""
+    ref_decoder = MaskTransformerRef(CLASSES, 192, n_layers=2, seed=4).eval()
+    net = _convert_and_build(tmp_path, official_segmenter_state(hf_encoder, ref_decoder),
+                             "mask_transformer")
+    image = np.random.default_rng(1).standard_normal((2, 3, 40, 50)).astype(np.float32)
+    ref = segmenter_reference(hf_encoder, ref_decoder, torch.from_numpy(image), 16, (2, 2)).numpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        ours = net(ms.Tensor(image)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert ours.shape == ref.shape == (2, CLASSES, 40, 50)
+    assert rel_err(ours, ref) < 1e-4
+
+
 def test_parameter_count_equals_reference(hf_encoder):
     """Encoder = HF ViTModel without pooler; decoder = the paper's Mask Transformer."""
     with no_init_parameters():

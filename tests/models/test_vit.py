@@ -77,6 +77,18 @@ def test_logits_match_hf_at_native_size(converted_tiny):
     assert _compare(hf, net, image) < 1e-4
 
 
+def test_logits_match_hf_in_graph_mode(converted_tiny):
+    """The compiled graph (what the CPU benchmark and training run) against HF too."""
+    hf, net = converted_tiny
+    image = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        err = _compare(hf, net, image)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert err < 1e-4
+
+
 def test_logits_match_hf_with_resized_position_embedding(converted_tiny):
     """48x64 input: patch grid 3x4 instead of the native 2x2."""
     hf, net = converted_tiny

@@ -1,0 +1,178 @@
+"""Fast CPU kernels as MindSpore custom ops: exact GELU, 3x3 depthwise conv, LayerNorm.
+
+MindSpore 2.10's CPU kernels for exact GELU (Erf), grouped convolution and LayerNorm are
+3-30x slower than PyTorch's at SegFormer/ViT shapes (benchmarks/bench_models.py,
+../shared/notes/perf.md). ``src/models/csrc/cpu_kernels.cc`` implements them (forward and
+backward) as ``ops.Custom(func_type="aot")`` kernels; this module compiles that file once
+per machine with the system C++ compiler and wraps the entry points as Primitives with
+their gradients.
+
+When the fast path is used (``kernels_enabled()``): device_target CPU, float32 inputs, the
+environment variable ``MS_SEG_CPU_KERNELS`` not ``0``, and the library compiled. Otherwise
+the layers in ``src/models/layers.py`` run standard MindSpore ops, which is also what every
+exported MINDIR contains (``disable_kernels(net)`` before export). A missing compiler is
+not an error: a warning, then the standard ops.
+
+The compiled library is cached in ``$MS_SEG_KERNEL_CACHE`` (default
+``~/.cache/ms_segformer/kernels``) under a name that hashes the source, the compiler
+version, the flags and this CPU's instruction-set flags (``-march=native``: a shared home
+directory on a cluster of mixed CPUs gets one library per CPU kind). It is written to a
+temporary file and renamed, so concurrent workers (msrun) never load a half-written file.
+"""
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+
+import mindspore as ms
+from mindspore import ops
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
+CXX_FLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
+ENV_SWITCH = "MS_SEG_CPU_KERNELS"
+ENV_CACHE = "MS_SEG_KERNEL_CACHE"
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler_version(cxx):
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()[0] if out.stdout else cxx
+
+
+def _cache_dir():
+    return os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "ms_segformer", "kernels")
+
+
+@functools.lru_cache(maxsize=None)
+def library_path():
+    """Path of the compiled kernel library, building it on first use; None if that fails."""
+    cxx = os.environ.get("CXX", "g++")
+    try:
+        with open(SOURCE, "rb") as f:
+            source = f.read()
+        key = hashlib.sha256(b"\0".join([
+            source, _compiler_version(cxx).encode(), " ".join(CXX_FLAGS).encode(),
+            _cpu_flags().encode()])).hexdigest()[:16]
+        cache = _cache_dir()
+        path = os.path.join(cache, f"cpu_kernels_{key}.so")
+        if os.path.isfile(path):
+            return path
+        os.makedirs(cache, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".cpu_kernels_", suffix=".so")
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *CXX_FLAGS, "-o", tmp, SOURCE], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cxx} exited with {proc.returncode}: "
+                                   f"{proc.stderr.strip()[-2000:]}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+        warnings.warn(f"CPU kernels unavailable ({err}); using standard MindSpore ops, which "
+                      f"are slower on CPU. Install a C++ compiler (g++), or set "
+                      f"{ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def kernels_enabled():
+    """True when layers built now should use the custom CPU kernels (see module doc)."""
+    if ms.get_context("device_target") != "CPU":
+        return False
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return library_path() is not None
+
+
+def disable_kernels(net):
+    """Switch every layer of ``net`` to standard MindSpore ops (before ``ms.export``:
+    a MINDIR must not depend on this machine's compiled library)."""
+    for _, cell in net.cells_and_names():
+        if hasattr(cell, "use_cpu_kernel"):
+            cell.use_cpu_kernel = False
+
+
+def _custom(name, out_shape, out_dtype, bprop=None):
+    return ops.Custom(f"{library_path()}:{name}", out_shape=out_shape, out_dtype=out_dtype,
+                      func_type="aot", bprop=bprop)
+
+
+def _same_shape(*shapes):
+    return shapes[0]
+
+
+def _same_dtype(*dtypes):
+    return dtypes[0]
+
+
+def gelu_erf_op():
+    """Primitive ``y = gelu(x)`` (exact, erf) with its gradient; float32."""
+    grad = _custom("GeluErfGrad", _same_shape, _same_dtype)
+
+    def bprop(x, out, dout):
+        return (grad(x, dout),)
+
+    return _custom("GeluErf", _same_shape, _same_dtype, bprop)
+
+
+def depthwise_conv3x3_nhwc_op():
+    """Primitive ``y = conv(x, weight, bias)``: 3x3 depthwise, stride 1, padding 1, on
+    channels-last ``x [B, H, W, C]``; ``weight [C, 1, 3, 3]``, ``bias [C]``; float32."""
+    grad_input = _custom("DepthwiseConv3x3NhwcGradInput", _same_shape, _same_dtype)
+    grad_weight = _custom("DepthwiseConv3x3NhwcGradWeight",
+                          lambda x, dy: ([x[3], 1, 3, 3], [x[3]]),
+                          lambda x, dy: (x, x))
+
+    def bprop(x, weight, bias, out, dout):
+        dw, db = grad_weight(x, dout)
+        return grad_input(dout, weight), dw, db
+
+    return _custom("DepthwiseConv3x3Nhwc", lambda x, w, b: x, lambda x, w, b: x, bprop)
+
+
+def layer_norm_op():
+    """Primitive ``(y, mean, rstd) = layer_norm(x, gamma, beta, eps)`` over the last axis of
+    ``x`` (float32; ``eps`` a float32 tensor of shape [1]), with its gradient."""
+    grad = _custom("LayerNormGrad", lambda x, dy, g, m, r: (x, g, g),
+                   lambda x, dy, g, m, r: (x, x, x))
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        _, mean, rstd = out
+        dx, dgamma, dbeta = grad(x, dout[0], gamma, mean, rstd)
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+
+    def rows(x):
+        return [functools.reduce(lambda a, b: a * b, x[:-1], 1)]
+
+    return _custom("LayerNorm", lambda x, g, b, e: (x, rows(x), rows(x)),
+                   lambda x, g, b, e: (x, x, x), bprop)
+
+
+def resize_bilinear_op():
+    """Primitive ``y = resize(x, like)``: bilinear, align_corners=False (half-pixel centres),
+    of ``x [N, C, h, w]`` float32 to the last two dimensions of ``like`` (any tensor, only its
+    shape is read; it gets no gradient), as ``ops.interpolate(mode="bilinear")``."""
+    grad = _custom("ResizeBilinearGrad", lambda dy, x: x, lambda dy, x: x)
+
+    def bprop(x, like, out, dout):
+        return grad(dout, x), ops.zeros_like(like)
+
+    return _custom("ResizeBilinear", lambda x, like: list(x[:2]) + list(like[-2:]),
+                   lambda x, like: x, bprop)

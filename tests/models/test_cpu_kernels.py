@@ -1,0 +1,194 @@
+"""The custom CPU kernels (src/models/csrc/cpu_kernels.cc) against PyTorch in float64:
+values and gradients, odd sizes, both execution modes; and the fallbacks around them."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import mindspore as ms
+from mindspore import nn
+
+from src.models import cpu_kernels
+from src.models.layers import GELU, LayerNorm
+
+
+@pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+def mode(request):
+    old = ms.get_context("mode")
+    ms.set_context(mode=request.param)
+    yield request.param
+    ms.set_context(mode=old)
+
+
+class Apply(nn.Cell):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def construct(self, *args):
+        return self.op(*args)
+
+
+def test_library_builds_here():
+    # CI and developer machines have g++: the fast path must really be on there.
+    assert cpu_kernels.library_path() is not None
+    assert cpu_kernels.kernels_enabled()
+
+
+def test_gelu_matches_torch(mode):
+    rng = np.random.default_rng(0)
+    # wide range incl. the erf clamp at |x| / sqrt(2) = 4 and large negative inputs
+    x = np.concatenate([rng.standard_normal(4000) * 3, np.linspace(-12, 12, 1000)])
+    x = x.astype(np.float32).reshape(5, -1)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    net = Apply(cpu_kernels.gelu_erf_op())
+    y = net(ms.Tensor(x)).asnumpy()
+    weights = ms.Tensor(dy)
+
+    def loss(t):
+        return (net(t) * weights).sum()
+
+    dx = ms.grad(loss)(ms.Tensor(x)).asnumpy()
+    tx = torch.from_numpy(x).double().requires_grad_()
+    ty = torch.nn.functional.gelu(tx)
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    assert np.abs(y - ty.detach().numpy()).max() < 2e-6
+    assert np.abs(dx - tx.grad.numpy()).max() < 2e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 17, 24), (1, 1, 5, 3), (1, 4, 1, 7)])
+def test_depthwise_conv_matches_torch(mode, shape):
+    rng = np.random.default_rng(1)
+    batch, height, width, channels = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    net = Apply(cpu_kernels.depthwise_conv3x3_nhwc_op())
+    args = (ms.Tensor(x), ms.Tensor(w), ms.Tensor(b))
+    y = net(*args).asnumpy()
+    weights = ms.Tensor(dy)
+
+    def loss(inputs, weight, bias):
+        return (net(inputs, weight, bias) * weights).sum()
+
+    dx, dw, db = (g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1, 2))(*args))
+
+    tx = torch.from_numpy(x).double().permute(0, 3, 1, 2).requires_grad_()
+    tw = torch.from_numpy(w).double().requires_grad_()
+    tb = torch.from_numpy(b).double().requires_grad_()
+    ty = torch.nn.functional.conv2d(tx, tw, tb, padding=1, groups=channels)
+    (ty * torch.from_numpy(dy).double().permute(0, 3, 1, 2)).sum().backward()
+    nhwc = lambda t: t.detach().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    assert np.abs(y - nhwc(ty)).max() < 1e-5
+    assert np.abs(dx - nhwc(tx.grad)).max() < 1e-5
+    assert np.abs(dw - tw.grad.numpy()).max() < 1e-4
+    assert np.abs(db - tb.grad.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("shape,eps", [((2, 37, 24), 1e-6), ((5, 768), 1e-5), ((3, 1), 1e-5)])
+def test_layer_norm_matches_torch(mode, shape, eps):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    dim = shape[-1]
+    gamma = rng.standard_normal(dim).astype(np.float32)
+    beta = rng.standard_normal(dim).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    net = Apply(cpu_kernels.layer_norm_op())
+    weights = ms.Tensor(dy)
+    eps_tensor = ms.Tensor([eps], ms.float32)
+
+    def loss(inputs, weight, bias):
+        return (net(inputs, weight, bias, eps_tensor)[0] * weights).sum()
+
+    args = (ms.Tensor(x), ms.Tensor(gamma), ms.Tensor(beta))
+    y = net(*args, eps_tensor)[0].asnumpy()
+    dx, dgamma, dbeta = (g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1, 2))(*args))
+
+    tx = torch.from_numpy(x).double().requires_grad_()
+    tg = torch.from_numpy(gamma).double().requires_grad_()
+    tb = torch.from_numpy(beta).double().requires_grad_()
+    ty = torch.nn.functional.layer_norm(tx, (dim,), tg, tb, eps)
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    assert np.abs(y - ty.detach().numpy()).max() < 1e-5
+    assert np.abs(dx - tx.grad.numpy()).max() < 1e-4
+    assert np.abs(dgamma - tg.grad.numpy()).max() < 1e-4
+    assert np.abs(dbeta - tb.grad.numpy()).max() < 1e-4
+
+
+def test_layers_kernel_and_standard_ops_agree():
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((3, 7, 11)).astype(np.float32))
+    fast_norm, plain_norm = LayerNorm(11, eps=1e-6), LayerNorm(11, eps=1e-6)
+    cpu_kernels.disable_kernels(plain_norm)
+    np.testing.assert_allclose(fast_norm(x).asnumpy(), plain_norm(x).asnumpy(), atol=2e-6)
+    assert fast_norm(x.astype(ms.float16)).dtype == ms.float16
+
+    fast = GELU()
+    assert fast.use_cpu_kernel
+    plain = GELU()
+    cpu_kernels.disable_kernels(plain)
+    assert not plain.use_cpu_kernel
+    np.testing.assert_allclose(fast(x).asnumpy(), plain(x).asnumpy(), atol=2e-6)
+    # float16 (amp) never reaches the float32-only kernel
+    assert fast(x.astype(ms.float16)).dtype == ms.float16
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    assert not cpu_kernels.kernels_enabled()
+    assert not GELU().use_cpu_kernel
+
+
+def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path))
+    cpu_kernels.library_path.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cpu_kernels.library_path() is None
+            assert not cpu_kernels.kernels_enabled()
+        assert any("CPU kernels unavailable" in str(w.message) and cpu_kernels.ENV_SWITCH
+                   in str(w.message) for w in caught)
+    finally:
+        cpu_kernels.library_path.cache_clear()
+
+
+def test_compile_error_is_reported_and_nothing_half_written(monkeypatch, tmp_path):
+    fake = tmp_path / "broken_cxx"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
+                    "echo 'error: no luck' >&2; exit 3\n")
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(cache))
+    cpu_kernels.library_path.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="exited with 3: error: no luck"):
+            assert cpu_kernels.library_path() is None
+        assert list(cache.iterdir()) == []
+    finally:
+        cpu_kernels.library_path.cache_clear()
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((16, 16), (64, 64)), ((6, 7), (13, 17)),
+                                          ((5, 9), (5, 9)), ((1, 3), (4, 8)), ((20, 12), (7, 5))])
+def test_resize_bilinear_matches_torch(mode, in_hw, out_hw):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3) + in_hw).astype(np.float32)
+    like = np.zeros((2, 1) + out_hw, np.int32)  # e.g. the labels: only the shape counts
+    dy = rng.standard_normal((2, 3) + out_hw).astype(np.float32)
+    net = Apply(cpu_kernels.resize_bilinear_op())
+    weights, like_tensor = ms.Tensor(dy), ms.Tensor(like)
+
+    def loss(inputs):
+        return (net(inputs, like_tensor) * weights).sum()
+
+    y = net(ms.Tensor(x), like_tensor).asnumpy()
+    dx = ms.grad(loss)(ms.Tensor(x)).asnumpy()
+    tx = torch.from_numpy(x).double().requires_grad_()
+    ty = torch.nn.functional.interpolate(tx, size=out_hw, mode="bilinear", align_corners=False)
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    assert y.shape == (2, 3) + out_hw
+    assert np.abs(y - ty.detach().numpy()).max() < 1e-5
+    assert np.abs(dx - tx.grad.numpy()).max() < 1e-4
