@@ -132,6 +132,17 @@ def gelu_erf_op():
     return _custom("GeluErf", _same_shape, _same_dtype, bprop)
 
 
+def gelu_erf_bias_op():
+    """Primitive ``y = gelu(h + bias)`` (exact GELU; ``bias [D]`` over the last axis of ``h``)
+    with its gradient: a Linear's bias fused into the activation that follows; float32."""
+    grad = _custom("GeluErfBiasGrad", lambda h, b, dy: (h, b), lambda h, b, dy: (h, h))
+
+    def bprop(h, bias, out, dout):
+        return grad(h, bias, dout)
+
+    return _custom("GeluErfBias", lambda h, b: h, lambda h, b: h, bprop)
+
+
 def depthwise_conv3x3_nhwc_op():
     """Primitive ``y = conv(x, weight, bias)``: 3x3 depthwise, stride 1, padding 1, on
     channels-last ``x [B, H, W, C]``; ``weight [C, 1, 3, 3]``, ``bias [C]``; float32."""

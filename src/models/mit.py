@@ -34,6 +34,8 @@ PATCH_SIZES = (7, 3, 3, 3)
 STRIDES = (4, 2, 2, 2)
 SR_RATIOS = (8, 4, 2, 1)
 MLP_RATIO = 4
+# queries per block of the attention at inference (bounds the score matrix's memory)
+ATTENTION_QUERY_CHUNK = 16384
 PATCH_NORM_EPS = 1e-5   # patch-embed and spatial-reduction LayerNorms (nn.LayerNorm default)
 BLOCK_NORM_EPS = 1e-6   # block norm1/norm2 and stage norm1..norm4
 
@@ -171,15 +173,25 @@ class EfficientAttention(nn.Cell):
             q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
             k = k.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
             v = v.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        queries = q.shape[-2]
+        if self.training or queries <= ATTENTION_QUERY_CHUNK:
+            x = self._attend(q, k, v)
+        else:
+            # inference on large inputs: the [queries, keys] score matrix one block of
+            # queries at a time (stage 1 of B0 at 1024x2048: 2 x 1 GiB of scores at once)
+            x = ops.concat([self._attend(q[..., start:start + ATTENTION_QUERY_CHUNK, :], k, v)
+                            for start in range(0, queries, ATTENTION_QUERY_CHUNK)], axis=-2)
+        if self.num_heads > 1:
+            x = x.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(x))
+
+    def _attend(self, q, k, v):
         attn = self.scores_matmul(q, k)
         if attn.dtype != ms.float32:  # mixed precision: softmax statistics in fp32, as upstream
             attn = self.softmax(attn.astype(ms.float32)).astype(v.dtype)
         else:
             attn = self.softmax(attn)
-        x = self.values_matmul(self.attn_drop(attn), v)
-        if self.num_heads > 1:
-            x = x.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(x))
+        return self.values_matmul(self.attn_drop(attn), v)
 
     def _reduce_tokens(self, x, height, width):
         """The spatial-reduction conv (kernel = stride = r, no padding) on tokens [B, H*W, C]:

@@ -192,3 +192,26 @@ def test_resize_bilinear_matches_torch(mode, in_hw, out_hw):
     assert y.shape == (2, 3) + out_hw
     assert np.abs(y - ty.detach().numpy()).max() < 1e-5
     assert np.abs(dx - tx.grad.numpy()).max() < 1e-4
+
+
+def test_gelu_bias_matches_torch(mode):
+    rng = np.random.default_rng(5)
+    h = (rng.standard_normal((7, 9, 48)) * 3).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32)
+    dy = rng.standard_normal(h.shape).astype(np.float32)
+    net = Apply(cpu_kernels.gelu_erf_bias_op())
+    weights = ms.Tensor(dy)
+
+    def loss(inputs, b):
+        return (net(inputs, b) * weights).sum()
+
+    args = (ms.Tensor(h), ms.Tensor(bias))
+    y = net(*args).asnumpy()
+    dh, dbias = (g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1))(*args))
+    th = torch.from_numpy(h).double().requires_grad_()
+    tb = torch.from_numpy(bias).double().requires_grad_()
+    ty = torch.nn.functional.gelu(th + tb)
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    assert np.abs(y - ty.detach().numpy()).max() < 2e-6
+    assert np.abs(dh - th.grad.numpy()).max() < 2e-6
+    assert np.abs(dbias - tb.grad.numpy()).max() < 1e-4

@@ -146,3 +146,24 @@ def test_folded_head_equals_layer_by_layer_head_under_amp():
         tol = 1e-5 if level == "O0" else 3e-3
         for train in (False, True):
             assert rel_err(outs[True, train], outs[False, train]) < tol, (level, train)
+
+
+def test_inference_attention_in_query_blocks_matches_reference(mode, monkeypatch):
+    """Large inputs at inference attend one block of queries at a time (memory bound):
+    with tiny blocks (stage 1 of 70x101 has 18 x 26 = 468 queries: 5 blocks, the last
+    partial), the logits still equal HF's."""
+    import src.models.mit as mit
+    monkeypatch.setattr(mit, "ATTENTION_QUERY_CHUNK", 100)
+    ref = hf_segformer("mit_b0", seed=6).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = hub_state_dict(ref, tmp)
+    state = to_nvlabs(hub)
+    params = {ms_name(k): ms.Parameter(v.numpy(), name=ms_name(k)) for k, v in state.items()
+              if not k.endswith("num_batches_tracked")}
+    net = build_model(load_config("", ["--backbone=mit_b0"]))
+    load_into_net(net, params, strict=True)
+    net.set_train(False)
+    x = np.random.default_rng(12).standard_normal((1, 3, 70, 101)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(pixel_values=torch.from_numpy(x)).logits.numpy()
+    assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) < 1e-4

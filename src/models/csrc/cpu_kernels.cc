@@ -287,6 +287,66 @@ int GeluErfGrad(int nparam, void **params, int *ndims, int64_t **shapes, const c
   return 0;
 }
 
+// y = gelu(h + bias), bias over the last axis (a Linear's bias fused into its activation:
+// one pass instead of BiasAdd then GELU).   params: h [..., D], bias [D], y [..., D]
+int GeluErfBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                void *, void *) {
+  if (nparam != 3 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *h = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t dim = shapes[0][ndims[0] - 1];
+  const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
+  ParallelFor(rows, [&](int64_t r) {
+    const float *hr = h + r * dim;
+    float *yr = y + r * dim;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) {
+      const float v = hr[i] + bias[i];
+      yr[i] = 0.5f * v * (1.f + Erf(v * kSqrtHalf));
+    }
+  });
+  return 0;
+}
+
+// dh = dy * gelu'(h + bias); dbias = sum of dh over the rows (double partials per chunk).
+// params: h, bias, dy, dh, dbias
+int GeluErfBiasGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                    const char **dtypes, void *, void *) {
+  if (nparam != 5 || !AllFloat32(nparam, dtypes)) return 1;
+  const float *h = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  const float *dy = static_cast<const float *>(params[2]);
+  float *dh = static_cast<float *>(params[3]);
+  float *dbias = static_cast<float *>(params[4]);
+  const int64_t dim = shapes[0][ndims[0] - 1];
+  const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
+  ThreadPool &pool = ThreadPool::Instance();
+  std::vector<std::vector<double>> partial(pool.size(), std::vector<double>(dim, 0.0));
+  pool.Run(rows, [&](int chunk, int64_t begin, int64_t end) {
+    std::vector<double> &acc = partial[chunk];
+    for (int64_t r = begin; r < end; ++r) {
+      const float *hr = h + r * dim;
+      const float *dyr = dy + r * dim;
+      float *dhr = dh + r * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) {
+        const float v = hr[i] + bias[i];
+        const float cdf = 0.5f * (1.f + Erf(v * kSqrtHalf));
+        const float pdf = kInvSqrt2Pi * ExpNonPositive(-0.5f * v * v);
+        dhr[i] = dyr[i] * (cdf + v * pdf);
+      }
+      for (int64_t i = 0; i < dim; ++i) acc[i] += static_cast<double>(dhr[i]);
+    }
+  });
+  for (int64_t i = 0; i < dim; ++i) {
+    double total = 0.0;
+    for (const auto &acc : partial) total += acc[i];
+    dbias[i] = static_cast<float>(total);
+  }
+  return 0;
+}
+
 // params: x [B, H, W, C], weight [C, 1, 3, 3], bias [C], y [B, H, W, C]
 int DepthwiseConv3x3Nhwc(int nparam, void **params, int *ndims, int64_t **shapes,
                          const char **dtypes, void *, void *) {
