@@ -173,14 +173,15 @@ class EfficientAttention(nn.Cell):
             q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
             k = k.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
             v = v.reshape(batch, -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        queries = q.shape[-2]
-        if self.training or queries <= ATTENTION_QUERY_CHUNK:
+        if self.training or ops.is_sequence_value_unknown(ops.shape(q)):  # or dynamic export
+            x = self._attend(q, k, v)
+        elif q.shape[-2] <= ATTENTION_QUERY_CHUNK:
             x = self._attend(q, k, v)
         else:
             # inference on large inputs: the [queries, keys] score matrix one block of
             # queries at a time (stage 1 of B0 at 1024x2048: 2 x 1 GiB of scores at once)
             x = ops.concat([self._attend(q[..., start:start + ATTENTION_QUERY_CHUNK, :], k, v)
-                            for start in range(0, queries, ATTENTION_QUERY_CHUNK)], axis=-2)
+                            for start in range(0, q.shape[-2], ATTENTION_QUERY_CHUNK)], axis=-2)
         if self.num_heads > 1:
             x = x.transpose(0, 2, 1, 3).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(x))

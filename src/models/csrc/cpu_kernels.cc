@@ -111,6 +111,22 @@ class ThreadPool {
   uint64_t generation_ = 0;
 };
 
+// A sum over [0, n) split over the pool: body(begin, end, acc) adds the terms of its part to
+// acc (`width` doubles, zeroed); returns the parts' accumulators added up.
+template <typename Body>
+std::vector<double> ParallelSum(int64_t n, int64_t width, Body body) {
+  ThreadPool &pool = ThreadPool::Instance();
+  std::vector<std::vector<double>> partial(pool.size(), std::vector<double>(width, 0.0));
+  pool.Run(n, [&](int chunk, int64_t begin, int64_t end) {
+    body(begin, end, partial[chunk].data());
+  });
+  std::vector<double> total(width, 0.0);
+  for (const auto &acc : partial) {
+    for (int64_t i = 0; i < width; ++i) total[i] += acc[i];
+  }
+  return total;
+}
+
 // body(i) for i in [0, n), split over the pool.
 template <typename Body>
 void ParallelFor(int64_t n, Body body) {
@@ -321,10 +337,8 @@ int GeluErfBiasGrad(int nparam, void **params, int *ndims, int64_t **shapes,
   float *dbias = static_cast<float *>(params[4]);
   const int64_t dim = shapes[0][ndims[0] - 1];
   const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
-  ThreadPool &pool = ThreadPool::Instance();
-  std::vector<std::vector<double>> partial(pool.size(), std::vector<double>(dim, 0.0));
-  pool.Run(rows, [&](int chunk, int64_t begin, int64_t end) {
-    std::vector<double> &acc = partial[chunk];
+  const std::vector<double> total = ParallelSum(rows, dim, [&](int64_t begin, int64_t end,
+                                                                double *acc) {
     for (int64_t r = begin; r < end; ++r) {
       const float *hr = h + r * dim;
       const float *dyr = dy + r * dim;
@@ -339,11 +353,7 @@ int GeluErfBiasGrad(int nparam, void **params, int *ndims, int64_t **shapes,
       for (int64_t i = 0; i < dim; ++i) acc[i] += static_cast<double>(dhr[i]);
     }
   });
-  for (int64_t i = 0; i < dim; ++i) {
-    double total = 0.0;
-    for (const auto &acc : partial) total += acc[i];
-    dbias[i] = static_cast<float>(total);
-  }
+  for (int64_t i = 0; i < dim; ++i) dbias[i] = static_cast<float>(total[i]);
   return 0;
 }
 
@@ -383,11 +393,9 @@ int DepthwiseConv3x3NhwcGradWeight(int nparam, void **params, int *ndims, int64_
   float *db = static_cast<float *>(params[3]);
   const int64_t batch = shapes[0][0], height = shapes[0][1], width = shapes[0][2],
                 channels = shapes[0][3];
-  ThreadPool &pool = ThreadPool::Instance();
-  // per chunk: 9 taps + bias, tap-major
-  std::vector<std::vector<double>> partial(pool.size(), std::vector<double>(10 * channels, 0.0));
-  pool.Run(batch * height, [&](int chunk, int64_t begin, int64_t end) {
-    std::vector<double> &acc = partial[chunk];
+  // 9 taps + bias, tap-major
+  const std::vector<double> total = ParallelSum(batch * height, 10 * channels,
+                                                [&](int64_t begin, int64_t end, double *acc) {
     std::vector<float> row_acc(10 * channels);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / height, y = row % height;
@@ -415,10 +423,6 @@ int DepthwiseConv3x3NhwcGradWeight(int nparam, void **params, int *ndims, int64_
       for (int64_t k = 0; k < 10 * channels; ++k) acc[k] += row_acc[k];
     }
   });
-  std::vector<double> total(10 * channels, 0.0);
-  for (const auto &acc : partial) {
-    for (int64_t k = 0; k < 10 * channels; ++k) total[k] += acc[k];
-  }
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t k = 0; k < 9; ++k) dw[c * 9 + k] = static_cast<float>(total[k * channels + c]);
     db[c] = static_cast<float>(total[9 * channels + c]);
@@ -476,11 +480,9 @@ int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **shapes, const
   float *dbeta = static_cast<float *>(params[7]);
   const int64_t dim = shapes[0][ndims[0] - 1];
   const int64_t rows = NumElements(ndims[0], shapes[0]) / dim;
-  ThreadPool &pool = ThreadPool::Instance();
-  // per chunk: dgamma then dbeta
-  std::vector<std::vector<double>> partial(pool.size(), std::vector<double>(2 * dim, 0.0));
-  pool.Run(rows, [&](int chunk, int64_t begin, int64_t end) {
-    std::vector<double> &acc = partial[chunk];
+  // dgamma then dbeta
+  const std::vector<double> total = ParallelSum(rows, 2 * dim, [&](int64_t begin, int64_t end,
+                                                                  double *acc) {
     std::vector<float> xhat(dim);
     for (int64_t r = begin; r < end; ++r) {
       const float *xr = x + r * dim;
@@ -505,10 +507,6 @@ int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **shapes, const
       }
     }
   });
-  std::vector<double> total(2 * dim, 0.0);
-  for (const auto &acc : partial) {
-    for (int64_t i = 0; i < 2 * dim; ++i) total[i] += acc[i];
-  }
   for (int64_t i = 0; i < dim; ++i) {
     dgamma[i] = static_cast<float>(total[i]);
     dbeta[i] = static_cast<float>(total[dim + i]);
