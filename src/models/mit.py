@@ -86,7 +86,10 @@ class OverlapPatchEmbed(nn.Cell):
             cols = ops.unfold(x, (kh, kw), padding=proj.pad, stride=(sh, sw))  # [B, C*kh*kw, L]
             weight = proj.weight.astype(x.dtype).reshape(proj.out_channels, -1)
             weight = ops.broadcast_to(weight, (batch,) + weight.shape)
-            x = self.tokens_matmul(cols, weight) + proj.bias.astype(x.dtype)
+            x = self.tokens_matmul(cols, weight)  # [B, L, O]
+            # BiasAdd on [B*L, O]: a broadcasting Add keeps a 16 B/element table on CPU
+            x = ops.bias_add(x.reshape(-1, proj.out_channels), proj.bias.astype(x.dtype))
+            x = x.reshape(batch, height * width, proj.out_channels)
             return self.norm(x), height, width
         x = self.proj(x)
         height, width = x.shape[2], x.shape[3]
@@ -165,8 +168,8 @@ class EfficientAttention(nn.Cell):
         # ~5x the products; slicing the [2C, C] weight is cheap)
         x = x.reshape(-1, dim)
         weight, bias = self.kv.weight.astype(x.dtype), self.kv.bias.astype(x.dtype)
-        k = self.kv_matmul(x, weight[:dim]) + bias[:dim]                        # [B*M, C]
-        v = self.kv_matmul(x, weight[dim:]) + bias[dim:]
+        k = ops.bias_add(self.kv_matmul(x, weight[:dim]), bias[:dim])           # [B*M, C]
+        v = ops.bias_add(self.kv_matmul(x, weight[dim:]), bias[dim:])
         if self.num_heads == 1:
             k, v = k.reshape(batch, -1, dim), v.reshape(batch, -1, dim)
         else:  # [B, heads, N or M, head_dim]
@@ -208,7 +211,7 @@ class EfficientAttention(nn.Cell):
         x = x.reshape(batch * out_h, r, out_w, r * channels).transpose(0, 2, 1, 3)
         x = x.reshape(batch * out_h * out_w, r * r * channels)
         weight = self.sr.weight.astype(x.dtype).transpose(0, 2, 3, 1).reshape(channels, -1)
-        y = self.patch_matmul(x, weight) + self.sr.bias.astype(x.dtype)
+        y = ops.bias_add(self.patch_matmul(x, weight), self.sr.bias.astype(x.dtype))
         return y.reshape(batch, out_h * out_w, channels)
 
 

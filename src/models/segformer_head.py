@@ -114,7 +114,8 @@ class SegFormerHead(nn.Cell):
             w2, w1 = w2 * scale.reshape(-1, 1), w1 * scale.reshape(-1, 1)
             bias = (bias - bn.moving_mean) * scale + bn.beta
         # the bias passes through the upsampling unchanged: add it where the map is smallest
-        y4 = self._channel_matmul(w4.astype(dtype), c4) + bias.astype(dtype).reshape(1, -1, 1, 1)
+        # (BiasAdd, not a broadcasting Add: the latter keeps a 16 B/element table on CPU)
+        y4 = ops.bias_add(self._channel_matmul(w4.astype(dtype), c4), bias.astype(dtype))
         x = (self._upsample(y4, c1) + self._upsample(self._channel_matmul(w3.astype(dtype), c3), c1)
              + self._upsample(self._channel_matmul(w2.astype(dtype), c2), c1)
              + self._channel_matmul(w1.astype(dtype), c1))
@@ -123,7 +124,7 @@ class SegFormerHead(nn.Cell):
         x = self.dropout(self.linear_fuse.relu(x))
         pred = self.linear_pred
         logits = self._channel_matmul(pred.weight.reshape(pred.out_channels, -1).astype(x.dtype), x)
-        return logits + pred.bias.astype(x.dtype).reshape(1, -1, 1, 1)
+        return ops.bias_add(logits, pred.bias.astype(x.dtype))
 
     def _upsample(self, x, like):
         """Bilinear resize of ``x`` to the H, W of ``like`` (align_corners=False)."""
