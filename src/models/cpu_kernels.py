@@ -1,15 +1,18 @@
-"""Fast CPU kernels as MindSpore custom ops: exact GELU, 3x3 depthwise conv, LayerNorm.
+"""Fast CPU kernels as MindSpore custom ops: exact GELU, 3x3 depthwise conv, LayerNorm,
+bilinear resize, multi-head attention.
 
 MindSpore 2.10's CPU kernels for exact GELU (Erf), grouped convolution and LayerNorm are
 3-30x slower than PyTorch's at SegFormer/ViT shapes (benchmarks/bench_models.py,
 ../shared/notes/perf.md). ``src/models/csrc/cpu_kernels.cc`` implements them (forward and
 backward) as ``ops.Custom(func_type="aot")`` kernels; this module compiles that file once
 per machine with the system C++ compiler and wraps the entry points as Primitives with
-their gradients.
+their gradients. The attention kernels are there for memory as much as for speed: they
+read the heads in place (no Transposes, whose CPU kernels keep an 8 B/element index table
+for the graph's lifetime) and never store the [queries, keys] scores.
 
 When the fast path is used (``kernels_enabled()``): device_target CPU, float32 inputs, the
 environment variable ``MS_SEG_CPU_KERNELS`` not ``0``, and the library compiled. Otherwise
-the layers in ``src/models/layers.py`` run standard MindSpore ops, which is also what every
+the layers (``src/models/layers.py``, ``mit.py``, ``vit.py``) run standard MindSpore ops, which is also what every
 exported MINDIR contains (``disable_kernels(net)`` before export). A missing compiler is
 not an error: a warning, then the standard ops.
 
@@ -187,3 +190,32 @@ def resize_bilinear_op():
 
     return _custom("ResizeBilinear", lambda x, like: list(x[:2]) + list(like[-2:]),
                    lambda x, like: x, bprop)
+
+
+def attention_op():
+    """Primitive ``(out, lse) = attention(q, kv)``: multi-head softmax(q k^T / sqrt(d)) v for
+    ``q [B, Nq, H, d]`` and ``kv [B, Nk, 2, H, d]`` (keys then values, as a fused kv Linear's
+    output reshaped); ``out [B, Nq, H, d]``, ``lse [B, H, Nq]`` the log-sum-exp of each score
+    row (kept for the gradient, which recomputes the scores); float32."""
+    grad = _custom("AttentionGrad", lambda q, kv, o, lse, do: (q, kv),
+                   lambda q, kv, o, lse, do: (q, q))
+
+    def bprop(q, kv, out, dout):
+        return grad(q, kv, out[0], out[1], dout[0])
+
+    return _custom("Attention", lambda q, kv: (q, [q[0], q[2], q[1]]),
+                   lambda q, kv: (q, q), bprop)
+
+
+def self_attention_op():
+    """Primitive ``(out, lse) = self_attention(qkv)``: as ``attention_op`` with q, k and v
+    from ``qkv [B, N, 3, H, d]`` (a fused qkv Linear's output reshaped); float32."""
+    grad = _custom("SelfAttentionGrad", lambda qkv, o, lse, do: qkv,
+                   lambda qkv, o, lse, do: qkv)
+
+    def bprop(qkv, out, dout):
+        return (grad(qkv, out[0], out[1], dout[0]),)
+
+    return _custom("SelfAttention",
+                   lambda qkv: ([qkv[0], qkv[1], qkv[3], qkv[4]], [qkv[0], qkv[3], qkv[1]]),
+                   lambda qkv: (qkv, qkv), bprop)

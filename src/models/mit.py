@@ -17,7 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
-from src.models.cpu_kernels import depthwise_conv3x3_nhwc_op, kernels_enabled
+from src.models.cpu_kernels import attention_op, depthwise_conv3x3_nhwc_op, kernels_enabled
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
@@ -127,7 +127,10 @@ class EfficientAttention(nn.Cell):
     scale multiplies q ([N, d]) rather than the scores ([N, M], 16x larger at stage 1),
     and with one head (stage 1, the longest sequence) q and the output are not permuted
     at all. On CPU the spatial reduction is computed from the tokens directly
-    (``_reduce_tokens``).
+    (``_reduce_tokens``), and (float32, no attention dropout in training) the attention itself
+    is one custom kernel (``cpu_kernels.attention_op``) that reads the heads in place from the
+    q and kv projections and never stores the [N, M] scores (stage 1 of B0 at 1024x2048:
+    2 x 1 GiB in the graph otherwise).
     """
 
     def __init__(self, dim, num_heads, sr_ratio, attn_drop=0.0, proj_drop=0.0):
@@ -152,10 +155,13 @@ class EfficientAttention(nn.Cell):
         self.values_matmul = ops.BatchMatMul()
         # CPU: the softmax with the faster gradient; elsewhere the fused kernels
         self.softmax = Softmax() if ms.get_context("device_target") == "CPU" else ops.Softmax(axis=-1)
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.fused_attention = attention_op()
 
     def construct(self, x, height, width):
         batch, tokens, dim = x.shape
-        q = self.q(x) * self.scale
+        q = self.q(x)
         if self.sr_ratio > 1:
             # the token formulation needs static sizes (the crop test); a dynamic-shape
             # export gets the conv
@@ -163,6 +169,11 @@ class EfficientAttention(nn.Cell):
                 x = self.norm(self._reduce_tokens(x, height, width))
             else:
                 x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, height, width))))
+        if self.use_cpu_kernel and q.dtype == ms.float32 and not (self.training and self.attn_drop.p > 0):
+            kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, self.head_dim)
+            x = self.fused_attention(q.reshape(batch, tokens, self.num_heads, self.head_dim), kv)[0]
+            return self.proj_drop(self.proj(x.reshape(batch, tokens, dim)))
+        q = q * self.scale
         # keys and values from the halves of the fused kv weight: two products instead of
         # one and two slices of its output (MindSpore's CPU StridedSlice of [B, M, 2C] costs
         # ~5x the products; slicing the [2C, C] weight is cheap)

@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
-from src.models.cpu_kernels import gelu_erf_bias_op, kernels_enabled
+from src.models.cpu_kernels import gelu_erf_bias_op, kernels_enabled, self_attention_op
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
@@ -94,7 +94,14 @@ class PatchEmbed(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v stacked in order)."""
+    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v stacked in order).
+
+    On CPU (float32, no attention dropout in training) one custom kernel (``cpu_kernels``)
+    reads q, k and v per head straight from the ``[B, N, 3, heads, head_dim]`` projection and
+    writes ``[B, N, heads, head_dim]``: no head transposes (MindSpore 2.10's CPU Transpose
+    keeps an 8 B/element index table per kernel for the graph's lifetime: ~0.5 GiB for
+    ViT-B at batch 8) and no [N, N] scores in the graph.
+    """
 
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
@@ -111,6 +118,9 @@ class Attention(nn.Cell):
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         # primitives, not ops.matmul: its gradient adds Transposes (and their CPU index tables)
         self.matmul_av = ops.BatchMatMul()
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.fused_attention = self_attention_op()
 
     def split_heads(self, t, b, n):
         """``[B, N, heads * head_dim]`` -> ``[B, heads, N, head_dim]``."""
@@ -125,6 +135,9 @@ class Attention(nn.Cell):
         # batch 8); results are bitwise equal. (Slices rather than ops.split: as fast, and
         # StridedSlice is what src/engine/mindir_to_onnx.py converts.)
         qkv = self.qkv(x)
+        if self.use_cpu_kernel and qkv.dtype == ms.float32 and not (self.training and self.attn_drop.p > 0):
+            x = self.fused_attention(qkv.reshape(b, n, 3, self.num_heads, self.head_dim))[0]
+            return self.proj_drop(self.proj(x.reshape(b, n, c)))
         q = self.split_heads(qkv[:, :, :c], b, n)
         k = self.split_heads(qkv[:, :, c:2 * c], b, n)
         v = self.split_heads(qkv[:, :, 2 * c:], b, n)

@@ -215,3 +215,65 @@ def test_gelu_bias_matches_torch(mode):
     assert np.abs(y - ty.detach().numpy()).max() < 2e-6
     assert np.abs(dh - th.grad.numpy()).max() < 2e-6
     assert np.abs(dbias - tb.grad.numpy()).max() < 1e-4
+
+
+def _torch_attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v per head; q [B, Nq, H, d], k and v [B, Nk, H, d]."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+
+
+# (batch, queries, keys, heads, head_dim): ViT-like, MiT stage 1 (one head, few keys, more
+# queries than one block and than one task), odd sizes off every tile, one key
+ATTENTION_SHAPES = [(2, 197, 197, 3, 64), (1, 300, 37, 1, 32), (2, 70, 131, 2, 20),
+                    (3, 5, 1, 2, 8)]
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_attention_matches_torch(mode, shape):
+    batch, queries, keys, heads, dim = shape
+    rng = np.random.default_rng(7)
+    # scale 3: peaked softmax rows, where a wrong max/log-sum-exp would show
+    q = (rng.standard_normal((batch, queries, heads, dim)) * 3).astype(np.float32)
+    kv = (rng.standard_normal((batch, keys, 2, heads, dim)) * 3).astype(np.float32)
+    dy = rng.standard_normal(q.shape).astype(np.float32)
+    op = cpu_kernels.attention_op()
+    net = Apply(op)
+    out, lse = (t.asnumpy() for t in net(ms.Tensor(q), ms.Tensor(kv)))
+    weights = ms.Tensor(dy)
+
+    def loss(q_in, kv_in):
+        return (op(q_in, kv_in)[0] * weights).sum()
+
+    dq, dkv = (g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1))(ms.Tensor(q), ms.Tensor(kv)))
+    tq = torch.from_numpy(q).double().requires_grad_()
+    tkv = torch.from_numpy(kv).double().requires_grad_()
+    ty = _torch_attention(tq, tkv[:, :, 0], tkv[:, :, 1])
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    scores = torch.einsum("bqhd,bkhd->bhqk", tq, tkv[:, :, 0]) / dim ** 0.5
+    assert out.shape == q.shape and lse.shape == (batch, heads, queries)
+    np.testing.assert_allclose(out, ty.detach().numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(lse, torch.logsumexp(scores, -1).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dq, tq.grad.numpy(), rtol=0, atol=2e-4)
+    np.testing.assert_allclose(dkv, tkv.grad.numpy(), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 197, 3, 64), (1, 75, 2, 24)], ids=["vit", "odd"])
+def test_self_attention_matches_torch(mode, shape):
+    batch, tokens, heads, dim = shape
+    rng = np.random.default_rng(8)
+    qkv = (rng.standard_normal((batch, tokens, 3, heads, dim)) * 3).astype(np.float32)
+    dy = rng.standard_normal((batch, tokens, heads, dim)).astype(np.float32)
+    op = cpu_kernels.self_attention_op()
+    out = Apply(op)(ms.Tensor(qkv))[0].asnumpy()
+    weights = ms.Tensor(dy)
+
+    def loss(qkv_in):
+        return (op(qkv_in)[0] * weights).sum()
+
+    dqkv = ms.grad(loss)(ms.Tensor(qkv)).asnumpy()
+    tqkv = torch.from_numpy(qkv).double().requires_grad_()
+    ty = _torch_attention(tqkv[:, :, 0], tqkv[:, :, 1], tqkv[:, :, 2])
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    np.testing.assert_allclose(out, ty.detach().numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(dqkv, tqkv.grad.numpy(), rtol=0, atol=2e-4)

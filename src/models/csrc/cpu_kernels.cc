@@ -2,7 +2,9 @@
 //
 // MindSpore 2.10's CPU kernels for some of SegFormer's and ViT's hot spots are 3-30x slower
 // than PyTorch's (../shared/notes/perf.md): exact GELU (Erf), the 3x3 depthwise conv of
-// vectorised pass, split over a small pool of threads.
+// Mix-FFN, LayerNorm, bilinear resize. Each kernel here is one vectorised pass, split over a
+// small pool of threads. The multi-head attention kernels replace head transposes and the
+// stored score matrix (memory: MindSpore's CPU Transpose keeps an index table per element).
 // Loaded and wrapped by src/models/cpu_kernels.py; every entry point has the AOT signature
 //   int f(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
 //         void *stream, void *extra)
@@ -260,6 +262,303 @@ Taps BilinearTaps(int64_t out_size, int64_t in_size) {
     t.frac[i] = src - static_cast<float>(low);
   }
   return t;
+}
+
+
+// ---- Multi-head attention: softmax(q k^T / sqrt(d)) v, fused -------------------------------
+// q, k and v are read in place from the projections' [B, N, (slots,) H, d] layouts, so no
+// head transposes (each a CPU Transpose kernel with an 8 B/element index table in MindSpore
+// 2.10) and no [N, M] score tensor in the graph: queries go in blocks of kQueryBlock rows
+// whose scores live in per-thread scratch. The backward recomputes the scores from the
+// saved log-sum-exp (as flash attention does), so training keeps no probabilities either.
+
+// 16 floats; GCC and Clang map it onto whatever vector registers the target has.
+typedef float Vec __attribute__((vector_size(64)));
+constexpr int64_t kVec = 16;
+
+inline Vec LoadVec(const float *p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void StoreVec(float *p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Rows of the register tile: 8 x 32 floats are 16 AVX-512 registers; narrower SIMD gets 4.
+#if defined(__AVX512F__)
+constexpr int kTileRows = 8;
+#else
+constexpr int kTileRows = 4;
+#endif
+
+// C[R x 16 NV] (+)= A[R x k] B[k x 16 NV], row strides lda, ldb, ldc.
+template <int R, int NV>
+inline void GemmTile(int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float *c, int64_t ldc, bool accumulate) {
+  Vec acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? LoadVec(c + r * ldc + kVec * v) : Vec{};
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = LoadVec(b + p * ldb + kVec * v);
+    for (int r = 0; r < R; ++r) {
+      const float ar = a[r * lda + p];
+      for (int v = 0; v < NV; ++v) acc[r][v] += ar * bv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) StoreVec(c + r * ldc + kVec * v, acc[r][v]);
+  }
+}
+
+// C[m x n] (+)= A[m x k] B[k x n], single-threaded; m a multiple of kTileRows, n of kVec.
+// Every operand is a padded scratch copy, so the tiles never need edge cases.
+void Gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+          int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; i += kTileRows) {
+    int64_t j = 0;
+    for (; j + 2 * kVec <= n; j += 2 * kVec) {
+      GemmTile<kTileRows, 2>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+    }
+    if (j < n) GemmTile<kTileRows, 1>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+  }
+}
+
+inline int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// dst[j][i] = src[i][j] for a rows x cols block, in 16 x 16 tiles (a plain column-order
+// loop strides through memory on every store: it took a quarter of the attention's time).
+void TransposeBlock(const float *src, int64_t rows, int64_t cols, int64_t ld_src, float *dst,
+                    int64_t ld_dst) {
+  for (int64_t i0 = 0; i0 < rows; i0 += kVec) {
+    const int64_t i1 = std::min(rows, i0 + kVec);
+    for (int64_t j0 = 0; j0 < cols; j0 += kVec) {
+      const int64_t j1 = std::min(cols, j0 + kVec);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) dst[j * ld_dst + i] = src[i * ld_src + j];
+      }
+    }
+  }
+}
+
+// max of x[0, n): 16 running maxima (vectorises; a single one is a serial vmaxss chain)
+inline float RowMax(const float *x, int64_t n) {
+  float lanes[kVec];
+  for (int64_t l = 0; l < kVec; ++l) lanes[l] = x[0];
+  int64_t j = 0;
+  for (; j + kVec <= n; j += kVec) {
+    for (int64_t l = 0; l < kVec; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+  }
+  float max = lanes[0];
+  for (int64_t l = 1; l < kVec; ++l) max = std::max(max, lanes[l]);
+  for (; j < n; ++j) max = std::max(max, x[j]);
+  return max;
+}
+
+constexpr int64_t kQueryBlock = 64;
+
+// Where one attention's operands live. Token t of batch b, head h starts at
+// base + b * batch_stride + t * row_stride + h * head_dim (q, k, v, out alike).
+struct AttentionViews {
+  const float *q, *k, *v;
+  int64_t q_row, q_batch;    // q strides (dq alike; out and dout are [B, Nq, H, d] contiguous)
+  int64_t kv_row, kv_batch;  // k and v strides (dk, dv alike)
+  int64_t batch, queries, keys, heads, head_dim;
+};
+
+// Per-head packed copies of k or v, zero-padded to whole tiles (rows beyond `keys`, columns
+// beyond `head_dim`), so the padding adds nothing to any product.
+struct HeadPack {
+  std::vector<float> t;     // [head_dim][keys_pad]  transposed (scores = q k^T, dP = dout v^T)
+  std::vector<float> rows;  // [keys_pad][dim_pad]   as is (out = P v, dq = dS k)
+
+  // either source may be null: that copy is not made
+  HeadPack(const AttentionViews &a, const float *transpose_src, const float *rows_src) {
+    const int64_t keys_pad = RoundUp(a.keys, kVec), dim_pad = RoundUp(a.head_dim, kVec);
+    if (transpose_src != nullptr) {
+      t.assign(a.head_dim * keys_pad, 0.f);
+      TransposeBlock(transpose_src, a.keys, a.head_dim, a.kv_row, t.data(), keys_pad);
+    }
+    if (rows_src != nullptr) {
+      rows.assign(keys_pad * dim_pad, 0.f);
+      for (int64_t j = 0; j < a.keys; ++j) {
+        std::memcpy(&rows[j * dim_pad], rows_src + j * a.kv_row, a.head_dim * sizeof(float));
+      }
+    }
+  }
+};
+
+// rows x head_dim of a strided [tokens, H, d] head into a [RoundUp(rows, kTileRows)][dim_pad]
+// block, times `scale`, zero padding.
+void PackRows(const float *src, int64_t row_stride, int64_t rows, int64_t head_dim, int64_t dim_pad,
+              float scale, std::vector<float> *dst) {
+  dst->assign(RoundUp(rows, kTileRows) * dim_pad, 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *s = src + r * row_stride;
+    float *d = dst->data() + r * dim_pad;
+    for (int64_t c = 0; c < head_dim; ++c) d[c] = s[c] * scale;
+  }
+}
+
+// Splits the (batch, head) pairs' queries into tasks: `parts` contiguous query ranges per pair,
+// enough tasks for every thread even with one head and one image (MiT stage 1).
+int64_t QueryParts(const AttentionViews &a) {
+  const int64_t pairs = a.batch * a.heads;
+  const int64_t threads = ThreadPool::Instance().size();
+  const int64_t blocks = (a.queries + kQueryBlock - 1) / kQueryBlock;
+  return std::max<int64_t>(1, std::min<int64_t>(blocks, (threads + pairs - 1) / pairs));
+}
+
+// out [B, Nq, H, d] (row stride H d) and lse [B, H, Nq] (log-sum-exp of each score row).
+void AttentionForward(const AttentionViews &a, float *out, float *lse) {
+  const int64_t parts = QueryParts(a);
+  const float scale = 1.f / std::sqrt(static_cast<float>(a.head_dim));
+  const int64_t out_row = a.heads * a.head_dim, out_batch = a.queries * out_row;
+  ParallelFor(a.batch * a.heads * parts, [&](int64_t task) {
+    const int64_t pair = task / parts, part = task % parts;
+    const int64_t b = pair / a.heads, h = pair % a.heads;
+    const int64_t q_begin = a.queries * part / parts, q_end = a.queries * (part + 1) / parts;
+    const int64_t kv_offset = b * a.kv_batch + h * a.head_dim;
+    const HeadPack k_pack(a, a.k + kv_offset, nullptr), v_pack(a, nullptr, a.v + kv_offset);
+    const int64_t kp = RoundUp(a.keys, kVec), dp = RoundUp(a.head_dim, kVec);
+    std::vector<float> q_blk, scores(kQueryBlock * kp), o_blk(kQueryBlock * dp), inv_sum(kQueryBlock);
+    for (int64_t q0 = q_begin; q0 < q_end; q0 += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, q_end - q0), rows_pad = RoundUp(rows, kTileRows);
+      PackRows(a.q + b * a.q_batch + q0 * a.q_row + h * a.head_dim, a.q_row, rows, a.head_dim, dp,
+               scale, &q_blk);
+      Gemm(rows_pad, kp, a.head_dim, q_blk.data(), dp, k_pack.t.data(), kp, scores.data(), kp, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *s = scores.data() + r * kp;
+        const float max = RowMax(s, a.keys);
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < a.keys; ++j) {
+          s[j] = ExpNonPositive(s[j] - max);
+          sum += s[j];
+        }
+        for (int64_t j = a.keys; j < kp; ++j) s[j] = 0.f;
+        inv_sum[r] = 1.f / sum;
+        lse[pair * a.queries + q0 + r] = max + std::log(sum);
+      }
+      Gemm(rows_pad, dp, kp, scores.data(), kp, v_pack.rows.data(), dp, o_blk.data(), dp, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *dst = out + b * out_batch + (q0 + r) * out_row + h * a.head_dim;
+        const float *o = o_blk.data() + r * dp;
+        for (int64_t c = 0; c < a.head_dim; ++c) dst[c] = o[c] * inv_sum[r];
+      }
+    }
+  });
+}
+
+// dq, dk and dv with the strides of q, k and v. With P = softmax(S), S = (scale q) k^T:
+// dv = P^T dout, dP = dout v^T, dS = P * (dP - rowsum(dout * out)), dq = scale dS k,
+// dk = dS^T (scale q). dk and dv sum over query blocks: per task in scratch, then added up
+// per (batch, head) so no two threads write the same rows.
+void AttentionBackward(const AttentionViews &a, const float *out, const float *lse,
+                       const float *dout, float *dq, float *dk, float *dv) {
+  const int64_t parts = QueryParts(a);
+  const float scale = 1.f / std::sqrt(static_cast<float>(a.head_dim));
+  const int64_t out_row = a.heads * a.head_dim, out_batch = a.queries * out_row;
+  const int64_t kp = RoundUp(a.keys, kVec), dp = RoundUp(a.head_dim, kVec);
+  const int64_t tasks = a.batch * a.heads * parts;
+  // per task: dk then dv, [keys_pad][dim_pad] each
+  std::vector<float> partial(tasks * 2 * kp * dp);
+  ParallelFor(tasks, [&](int64_t task) {
+    const int64_t pair = task / parts, part = task % parts;
+    const int64_t b = pair / a.heads, h = pair % a.heads;
+    const int64_t q_begin = a.queries * part / parts, q_end = a.queries * (part + 1) / parts;
+    const int64_t kv_offset = b * a.kv_batch + h * a.head_dim;
+    const HeadPack k_pack(a, a.k + kv_offset, a.k + kv_offset), v_pack(a, a.v + kv_offset, nullptr);
+    float *dk_acc = partial.data() + task * 2 * kp * dp;
+    float *dv_acc = dk_acc + kp * dp;
+    std::fill(dk_acc, dk_acc + 2 * kp * dp, 0.f);
+    std::vector<float> q_blk, do_blk, probs(kQueryBlock * kp), dscores(kQueryBlock * kp);
+    std::vector<float> transposed(kp * kQueryBlock), dq_blk(kQueryBlock * dp), delta(kQueryBlock);
+    for (int64_t q0 = q_begin; q0 < q_end; q0 += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, q_end - q0), rows_pad = RoundUp(rows, kTileRows);
+      const int64_t q_offset = b * a.q_batch + q0 * a.q_row + h * a.head_dim;
+      const int64_t o_offset = b * out_batch + q0 * out_row + h * a.head_dim;
+      PackRows(a.q + q_offset, a.q_row, rows, a.head_dim, dp, scale, &q_blk);
+      PackRows(dout + o_offset, out_row, rows, a.head_dim, dp, 1.f, &do_blk);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float *o = out + o_offset + r * out_row;
+        const float *g = do_blk.data() + r * dp;
+        float sum = 0.f;
+        for (int64_t c = 0; c < a.head_dim; ++c) sum += o[c] * g[c];
+        delta[r] = sum;
+      }
+      Gemm(rows_pad, kp, a.head_dim, q_blk.data(), dp, k_pack.t.data(), kp, probs.data(), kp, false);
+      Gemm(rows_pad, kp, a.head_dim, do_blk.data(), dp, v_pack.t.data(), kp, dscores.data(), kp, false);
+      for (int64_t r = 0; r < rows_pad; ++r) {
+        float *p = probs.data() + r * kp;
+        float *ds = dscores.data() + r * kp;
+        if (r >= rows) {
+          std::fill(p, p + kp, 0.f);
+          std::fill(ds, ds + kp, 0.f);
+          continue;
+        }
+        const float row_lse = lse[pair * a.queries + q0 + r];
+#pragma omp simd
+        for (int64_t j = 0; j < a.keys; ++j) {
+          p[j] = ExpNonPositive(std::min(p[j] - row_lse, 0.f));
+          ds[j] = p[j] * (ds[j] - delta[r]);
+        }
+        for (int64_t j = a.keys; j < kp; ++j) p[j] = ds[j] = 0.f;
+      }
+      // dq = scale * dS k
+      Gemm(rows_pad, dp, kp, dscores.data(), kp, k_pack.rows.data(), dp, dq_blk.data(), dp, false);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *dst = dq + q_offset + r * a.q_row;
+        for (int64_t c = 0; c < a.head_dim; ++c) dst[c] = dq_blk[r * dp + c] * scale;
+      }
+      // dv += P^T dout, dk += dS^T (scale q)
+      TransposeBlock(probs.data(), rows_pad, kp, kp, transposed.data(), rows_pad);
+      Gemm(kp, dp, rows_pad, transposed.data(), rows_pad, do_blk.data(), dp, dv_acc, dp, true);
+      TransposeBlock(dscores.data(), rows_pad, kp, kp, transposed.data(), rows_pad);
+      Gemm(kp, dp, rows_pad, transposed.data(), rows_pad, q_blk.data(), dp, dk_acc, dp, true);
+    }
+  });
+  ParallelFor(a.batch * a.heads, [&](int64_t pair) {
+    const int64_t b = pair / a.heads, h = pair % a.heads;
+    for (int64_t j = 0; j < a.keys; ++j) {
+      float *dk_row = dk + b * a.kv_batch + j * a.kv_row + h * a.head_dim;
+      float *dv_row = dv + b * a.kv_batch + j * a.kv_row + h * a.head_dim;
+      for (int64_t c = 0; c < a.head_dim; ++c) {
+        float sum_k = 0.f, sum_v = 0.f;
+        for (int64_t part = 0; part < parts; ++part) {
+          const float *acc = partial.data() + (pair * parts + part) * 2 * kp * dp;
+          sum_k += acc[j * dp + c];
+          sum_v += acc[kp * dp + j * dp + c];
+        }
+        dk_row[c] = sum_k;
+        dv_row[c] = sum_v;
+      }
+    }
+  });
+}
+
+// q [B, Nq, H, d] and kv [B, Nk, 2, H, d]; false if the shapes do not fit together.
+bool CrossViews(int *ndims, int64_t **shapes, void **params, AttentionViews *a) {
+  if (ndims[0] != 4 || ndims[1] != 5) return false;
+  const int64_t *q = shapes[0], *kv = shapes[1];
+  if (kv[0] != q[0] || kv[2] != 2 || kv[3] != q[2] || kv[4] != q[3] || kv[1] < 1) return false;
+  const float *kv_data = static_cast<const float *>(params[1]);
+  const int64_t slot = q[2] * q[3];
+  *a = AttentionViews{static_cast<const float *>(params[0]), kv_data, kv_data + slot,
+                      slot, q[1] * slot, 2 * slot, kv[1] * 2 * slot, q[0], q[1], kv[1], q[2], q[3]};
+  return true;
+}
+
+// qkv [B, N, 3, H, d]; false if it is not that.
+bool SelfViews(int *ndims, int64_t **shapes, void **params, AttentionViews *a) {
+  if (ndims[0] != 5 || shapes[0][2] != 3 || shapes[0][1] < 1) return false;
+  const int64_t *s = shapes[0];
+  const float *qkv = static_cast<const float *>(params[0]);
+  const int64_t slot = s[3] * s[4];
+  *a = AttentionViews{qkv, qkv + slot, qkv + 2 * slot, 3 * slot, s[1] * 3 * slot, 3 * slot,
+                      s[1] * 3 * slot, s[0], s[1], s[1], s[3], s[4]};
+  return true;
 }
 
 }  // namespace
@@ -573,6 +872,50 @@ int ResizeBilinearGrad(int nparam, void **params, int *ndims, int64_t **shapes,
       }
     }
   });
+  return 0;
+}
+
+// Attention of q [B, Nq, H, d] over the keys and values of kv [B, Nk, 2, H, d] (k, then v:
+// MiT's fused kv Linear), scale 1/sqrt(d).     params: q, kv, out [B, Nq, H, d], lse [B, H, Nq]
+int Attention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+              void *, void *) {
+  AttentionViews a;
+  if (nparam != 4 || !AllFloat32(nparam, dtypes) || !CrossViews(ndims, shapes, params, &a)) return 1;
+  AttentionForward(a, static_cast<float *>(params[2]), static_cast<float *>(params[3]));
+  return 0;
+}
+
+// params: q, kv, out, lse, dout, dq [B, Nq, H, d], dkv [B, Nk, 2, H, d]
+int AttentionGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                  void *, void *) {
+  AttentionViews a;
+  if (nparam != 7 || !AllFloat32(nparam, dtypes) || !CrossViews(ndims, shapes, params, &a)) return 1;
+  float *dkv = static_cast<float *>(params[6]);
+  AttentionBackward(a, static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                    static_cast<const float *>(params[4]), static_cast<float *>(params[5]), dkv,
+                    dkv + a.heads * a.head_dim);
+  return 0;
+}
+
+// Self-attention over qkv [B, N, 3, H, d] (q, k, v: ViT's fused qkv Linear), scale 1/sqrt(d).
+// params: qkv, out [B, N, H, d], lse [B, H, N]
+int SelfAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                  void *, void *) {
+  AttentionViews a;
+  if (nparam != 3 || !AllFloat32(nparam, dtypes) || !SelfViews(ndims, shapes, params, &a)) return 1;
+  AttentionForward(a, static_cast<float *>(params[1]), static_cast<float *>(params[2]));
+  return 0;
+}
+
+// params: qkv, out, lse, dout, dqkv [B, N, 3, H, d]
+int SelfAttentionGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                      const char **dtypes, void *, void *) {
+  AttentionViews a;
+  if (nparam != 5 || !AllFloat32(nparam, dtypes) || !SelfViews(ndims, shapes, params, &a)) return 1;
+  float *dqkv = static_cast<float *>(params[4]);
+  const int64_t slot = a.heads * a.head_dim;
+  AttentionBackward(a, static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
+                    static_cast<const float *>(params[3]), dqkv, dqkv + slot, dqkv + 2 * slot);
   return 0;
 }
 
