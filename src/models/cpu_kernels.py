@@ -192,6 +192,17 @@ def resize_bilinear_op():
                    lambda x, like: x, bprop)
 
 
+def resize_bilinear_add_op():
+    """Primitive ``y = base + resize(x)``: ``resize_bilinear_op``'s resize of ``x [N, C, h, w]``
+    to the size of ``base [N, C, H, W]``, added to ``base``; float32."""
+    grad = _custom("ResizeBilinearGrad", lambda dy, x: x, lambda dy, x: x)
+
+    def bprop(x, base, out, dout):
+        return grad(dout, x), dout
+
+    return _custom("ResizeBilinearAdd", lambda x, base: base, lambda x, base: base, bprop)
+
+
 def attention_op():
     """Primitive ``(out, lse) = attention(q, kv)``: multi-head softmax(q k^T / sqrt(d)) v for
     ``q [B, Nq, H, d]`` and ``kv [B, Nk, 2, H, d]`` (keys then values, as a fused kv Linear's

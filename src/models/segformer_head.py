@@ -24,13 +24,14 @@ one by one as written above (the published model's MAC count, op by op).
 
 The upsampling is ``ResizeBilinearV2`` with the size as a graph value (a MINDIR exported
 with dynamic H/W resizes to any input size); on CPU, float32, the custom bilinear kernel
-(``cpu_kernels.resize_bilinear_op``): MindSpore 2.10's CPU ``ResizeBilinearGrad`` took
-150-460 ms per call in the B0 train step.
+(``cpu_kernels.resize_bilinear_add_op``, which also adds each upsampled map into the running
+sum: one full-size map alive instead of four): MindSpore 2.10's CPU ``ResizeBilinearGrad``
+took 150-460 ms per call in the B0 train step.
 """
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.models.cpu_kernels import kernels_enabled, resize_bilinear_op
+from src.models.cpu_kernels import kernels_enabled, resize_bilinear_add_op
 
 
 class MLP(nn.Cell):
@@ -76,7 +77,7 @@ class SegFormerHead(nn.Cell):
         # CPU: ResizeBilinearV2 with the matmul gradient; elsewhere the plain op
         self.use_cpu_kernel = kernels_enabled()
         if self.use_cpu_kernel:
-            self.resize_kernel = resize_bilinear_op()
+            self.resize_add_kernel = resize_bilinear_add_op()
         self.batch_matmul = ops.BatchMatMul()
 
     def construct(self, features):
@@ -116,9 +117,10 @@ class SegFormerHead(nn.Cell):
         # the bias passes through the upsampling unchanged: add it where the map is smallest
         # (BiasAdd, not a broadcasting Add: the latter keeps a 16 B/element table on CPU)
         y4 = ops.bias_add(self._channel_matmul(w4.astype(dtype), c4), bias.astype(dtype))
-        x = (self._upsample(y4, c1) + self._upsample(self._channel_matmul(w3.astype(dtype), c3), c1)
-             + self._upsample(self._channel_matmul(w2.astype(dtype), c2), c1)
-             + self._channel_matmul(w1.astype(dtype), c1))
+        x = self._channel_matmul(w1.astype(dtype), c1)
+        x = self._upsample_add(self._channel_matmul(w2.astype(dtype), c2), x)
+        x = self._upsample_add(self._channel_matmul(w3.astype(dtype), c3), x)
+        x = self._upsample_add(y4, x)
         if not fold_bn:
             x = bn(x)
         x = self.dropout(self.linear_fuse.relu(x))
@@ -126,11 +128,12 @@ class SegFormerHead(nn.Cell):
         logits = self._channel_matmul(pred.weight.reshape(pred.out_channels, -1).astype(x.dtype), x)
         return ops.bias_add(logits, pred.bias.astype(x.dtype))
 
-    def _upsample(self, x, like):
-        """Bilinear resize of ``x`` to the H, W of ``like`` (align_corners=False)."""
+    def _upsample_add(self, x, base):
+        """``base`` + bilinear resize of ``x`` to the H, W of ``base`` (align_corners=False).
+        On CPU one kernel, so the sum of the upsampled maps keeps one full-size map alive."""
         if self.use_cpu_kernel and x.dtype == ms.float32:
-            return self.resize_kernel(x, ops.stop_gradient(like))
-        return self.resize(x, ops.shape(like)[2:])
+            return self.resize_add_kernel(x, base)
+        return base + self.resize(x, ops.shape(base)[2:])
 
     def _fold_stage(self, index, proj):
         """(W_i A_i, W_i b_i) in float32 for the stage whose columns of the fuse weight are

@@ -194,6 +194,29 @@ def test_resize_bilinear_matches_torch(mode, in_hw, out_hw):
     assert np.abs(dx - tx.grad.numpy()).max() < 1e-4
 
 
+@pytest.mark.parametrize("in_hw,out_hw", [((16, 16), (64, 64)), ((6, 7), (13, 17))])
+def test_resize_bilinear_add_matches_torch(mode, in_hw, out_hw):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3) + in_hw).astype(np.float32)
+    base = rng.standard_normal((2, 3) + out_hw).astype(np.float32)
+    dy = rng.standard_normal((2, 3) + out_hw).astype(np.float32)
+    net = Apply(cpu_kernels.resize_bilinear_add_op())
+    weights = ms.Tensor(dy)
+
+    def loss(inputs, base_in):
+        return (net(inputs, base_in) * weights).sum()
+
+    y = net(ms.Tensor(x), ms.Tensor(base)).asnumpy()
+    dx, dbase = (g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1))(ms.Tensor(x), ms.Tensor(base)))
+    tx = torch.from_numpy(x).double().requires_grad_()
+    tbase = torch.from_numpy(base).double().requires_grad_()
+    ty = tbase + torch.nn.functional.interpolate(tx, size=out_hw, mode="bilinear", align_corners=False)
+    (ty * torch.from_numpy(dy).double()).sum().backward()
+    assert np.abs(y - ty.detach().numpy()).max() < 1e-5
+    assert np.abs(dx - tx.grad.numpy()).max() < 1e-4
+    assert np.abs(dbase - tbase.grad.numpy()).max() < 1e-6
+
+
 def test_gelu_bias_matches_torch(mode):
     rng = np.random.default_rng(5)
     h = (rng.standard_normal((7, 9, 48)) * 3).astype(np.float32)

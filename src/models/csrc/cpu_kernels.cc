@@ -813,16 +813,10 @@ int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **shapes, const
   return 0;
 }
 
-// Bilinear resize of NCHW planes, align_corners=False.
-// params: x [N, C, h, w], like [..., H, W] (only its shape is read: the output size), y [N, C, H, W]
-int ResizeBilinear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                   void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[2] != 4) return 1;
-  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[2], "float32") != 0) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[2]);
-  const int64_t planes = shapes[0][0] * shapes[0][1], in_h = shapes[0][2], in_w = shapes[0][3];
-  const int64_t out_h = shapes[2][2], out_w = shapes[2][3];
+// Bilinear resize of NCHW planes x [N, C, h, w] to y [N, C, H, W], align_corners=False;
+// with `base` (same shape as y) y = base + resize(x).
+void ResizePlanes(const float *x, const float *base, float *y, int64_t planes, int64_t in_h,
+                  int64_t in_w, int64_t out_h, int64_t out_w) {
   const Taps rows = BilinearTaps(out_h, in_h), cols = BilinearTaps(out_w, in_w);
   ParallelFor(planes * out_h, [&](int64_t row) {
     const int64_t p = row / out_h, i = row % out_h;
@@ -830,14 +824,38 @@ int ResizeBilinear(int nparam, void **params, int *ndims, int64_t **shapes, cons
     const float *bottom = x + (p * in_h + rows.high[i]) * in_w;
     const float fy = rows.frac[i];
     float *dst = y + row * out_w;
+    const float *add = base != nullptr ? base + row * out_w : nullptr;
     for (int64_t j = 0; j < out_w; ++j) {
       const int64_t a = cols.low[j], b = cols.high[j];
       const float fx = cols.frac[j];
       const float t = top[a] + (top[b] - top[a]) * fx;
       const float u = bottom[a] + (bottom[b] - bottom[a]) * fx;
-      dst[j] = t + (u - t) * fy;
+      dst[j] = (add != nullptr ? add[j] : 0.f) + t + (u - t) * fy;
     }
   });
+}
+
+// params: x [N, C, h, w], like [..., H, W] (only its shape is read: the output size), y [N, C, H, W]
+int ResizeBilinear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                   void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[2] != 4) return 1;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[2], "float32") != 0) return 1;
+  const int64_t *in = shapes[0], *out = shapes[2];
+  ResizePlanes(static_cast<const float *>(params[0]), nullptr, static_cast<float *>(params[2]),
+               in[0] * in[1], in[2], in[3], out[2], out[3]);
+  return 0;
+}
+
+// y = base + resize(x): the SegFormer head sums four upsampled maps; adding each into the
+// running sum as it is resized keeps one full-resolution map alive instead of four.
+// params: x [N, C, h, w], base [N, C, H, W], y [N, C, H, W]
+int ResizeBilinearAdd(int nparam, void **params, int *ndims, int64_t **shapes,
+                      const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || !AllFloat32(nparam, dtypes)) return 1;
+  const int64_t *in = shapes[0], *out = shapes[1];
+  if (in[0] != out[0] || in[1] != out[1]) return 1;
+  ResizePlanes(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<float *>(params[2]), in[0] * in[1], in[2], in[3], out[2], out[3]);
   return 0;
 }
 
