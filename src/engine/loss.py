@@ -33,6 +33,23 @@ def _class_max(z):
     return z
 
 
+class _Log(nn.Cell):
+    """``ops.log`` whose gradient ``dout / x`` is the RealDiv primitive. The built-in gradient
+    divides with Div, whose MindSpore 2.10 CPU kernel keeps two 8-byte index tables per element
+    for the graph's lifetime even for same-shape operands (16 B per label pixel here); RealDiv
+    computes the same float32 quotient without them."""
+
+    def __init__(self):
+        super().__init__()
+        self.real_div = ops.RealDiv()
+
+    def construct(self, x):
+        return ops.log(x)
+
+    def bprop(self, x, out, dout):
+        return (self.real_div(dout, x),)
+
+
 class SegmentationCrossEntropy(nn.Cell):
     """``logits [N, C, h, w]`` (any float dtype), ``labels [N, H, W]`` int -> scalar float32.
 
@@ -48,6 +65,7 @@ class SegmentationCrossEntropy(nn.Cell):
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.composed = ms.get_context("device_target") == "CPU"
+        self.log = _Log()
         self.use_cpu_kernel = kernels_enabled()
         if self.use_cpu_kernel:
             self.resize = resize_bilinear_op()
@@ -79,7 +97,7 @@ class SegmentationCrossEntropy(nn.Cell):
         shifted = logits - shift
         sum_exp = ops.matmul(ops.ones((1, logits.shape[1]), ms.float32), ops.exp(shifted))
         picked = ops.gather_elements(shifted, 1, target)
-        return ((ops.log(sum_exp) - picked) * weight).sum() / ops.maximum(weight.sum(), 1.0)
+        return ((self.log(sum_exp) - picked) * weight).sum() / ops.maximum(weight.sum(), 1.0)
 
     def _fused(self, logits, labels):
         if logits.shape[-2:] != labels.shape[-2:]:

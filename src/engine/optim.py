@@ -81,6 +81,11 @@ def describe_param_groups(groups):
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 _sgd_update = ops.MultitypeFuncGraph("sgd_update")
+# Divisions use the RealDiv primitive, not ``/`` (the Div primitive): MindSpore 2.10's CPU
+# Div kernel keeps two 8-byte index tables per output element for the graph's lifetime even
+# for operands of the same shape (16 B per parameter value: 57 MiB for SegFormer-B0, ~1.3 GiB
+# for ViT-B); RealDiv computes the same float32 quotient without them.
+_real_div = ops.RealDiv()
 
 
 @_adamw_update.register("Tensor", "Tensor", "Tensor", "Number", "Number", "Number", "Number",
@@ -92,9 +97,9 @@ def _adamw_param(lr, bias_correction1, bias_correction2, beta1, beta2, eps, lr_m
     lr = lr * lr_mult
     next_avg = exp_avg * beta1 + grad * (1.0 - beta1)
     next_avg_sq = exp_avg_sq * beta2 + grad * grad * (1.0 - beta2)
-    # times the reciprocal: CPU RealDiv keeps a 16 B/element table (1.3 GiB for ViT-B)
-    denom = ops.sqrt(next_avg_sq * (1.0 / bias_correction2)) + eps
-    next_param = param * (1.0 - lr * weight_decay) - (lr / bias_correction1) * next_avg / denom
+    denom = ops.sqrt(_real_div(next_avg_sq, bias_correction2)) + eps
+    update = _real_div((lr / bias_correction1) * next_avg, denom)
+    next_param = param * (1.0 - lr * weight_decay) - update
     success = ops.assign(exp_avg, next_avg)
     success = ops.depend(success, ops.assign(exp_avg_sq, next_avg_sq))
     return ops.depend(success, ops.assign(param, next_param))

@@ -22,7 +22,7 @@ class DropPath(nn.Cell):
         mask = ops.floor(self.keep_prob + ops.uniform(shape, ms.Tensor(0.0, ms.float32),
                                                       ms.Tensor(1.0, ms.float32), dtype=ms.float32))
         # the scale folded into the [B, 1, ...] mask, tiled to x's shape: MindSpore 2.10's CPU
-        # RealDiv and broadcasting Mul keep 16 B per output element for the graph's lifetime
+        # Div (``/``) and broadcasting Mul keep 16 B per output element for the graph's lifetime
         mask = mask * (1.0 / self.keep_prob)
         return x * ops.tile(mask.astype(x.dtype), (1,) + x.shape[1:])
 

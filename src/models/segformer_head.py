@@ -79,6 +79,7 @@ class SegFormerHead(nn.Cell):
         if self.use_cpu_kernel:
             self.resize_add_kernel = resize_bilinear_add_op()
         self.batch_matmul = ops.BatchMatMul()
+        self.fold_matmul = ops.MatMul()
 
     def construct(self, features):
         if self.fold_fuse:
@@ -110,9 +111,12 @@ class SegFormerHead(nn.Cell):
         fold_bn = not self.training and hasattr(bn, "moving_mean")
         if fold_bn:
             # inference BatchNorm = per-channel scale and shift with the running statistics
+            # (scale broadcast explicitly: a broadcasting Mul keeps a 16 B/element table on CPU)
             scale = bn.gamma / ops.sqrt(bn.moving_variance + bn.eps)
-            w4, w3 = w4 * scale.reshape(-1, 1), w3 * scale.reshape(-1, 1)
-            w2, w1 = w2 * scale.reshape(-1, 1), w1 * scale.reshape(-1, 1)
+            w4 = w4 * ops.broadcast_to(scale.reshape(-1, 1), w4.shape)
+            w3 = w3 * ops.broadcast_to(scale.reshape(-1, 1), w3.shape)
+            w2 = w2 * ops.broadcast_to(scale.reshape(-1, 1), w2.shape)
+            w1 = w1 * ops.broadcast_to(scale.reshape(-1, 1), w1.shape)
             bias = (bias - bn.moving_mean) * scale + bn.beta
         # the bias passes through the upsampling unchanged: add it where the map is smallest
         # (BiasAdd, not a broadcasting Add: the latter keeps a 16 B/element table on CPU)
@@ -139,11 +143,12 @@ class SegFormerHead(nn.Cell):
         """(W_i A_i, W_i b_i) in float32 for the stage whose columns of the fuse weight are
         block ``index``. Folded in float32 whatever the compute dtype (amp), from the
         parameters themselves: under amp O2/O3 a tensor passed into a method is cast to
-        float16 at the call."""
+        float16 at the call. The MatMul primitive, not ``ops.matmul``: the latter's gradient
+        transposes both operands (a CPU Transpose keeps an 8 B/element index table)."""
         fuse = self.linear_fuse.conv.weight.astype(ms.float32).reshape(self.embed_dim, -1)
         block = fuse[:, index * self.embed_dim:(index + 1) * self.embed_dim]
-        weight = ops.matmul(block, proj.weight.astype(ms.float32))              # [C, C_i]
-        bias = ops.matmul(block, proj.bias.astype(ms.float32).reshape(-1, 1))  # [C, 1]
+        weight = self.fold_matmul(block, proj.weight.astype(ms.float32))              # [C, C_i]
+        bias = self.fold_matmul(block, proj.bias.astype(ms.float32).reshape(-1, 1))  # [C, 1]
         return weight, bias.reshape(-1)
 
     def _channel_matmul(self, weight, x):
