@@ -203,6 +203,17 @@ def resize_bilinear_add_op():
     return _custom("ResizeBilinearAdd", lambda x, base: base, lambda x, base: base, bprop)
 
 
+def swap_middle_axes_op():
+    """Primitive ``y = x.transpose(0, 2, 1, 3)`` for ``x [A, M, N, K]`` (float32), with the same
+    op as its gradient: layout changes without MindSpore's CPU Transpose, which keeps an
+    8 B/element index table for the graph's lifetime. Callers reshape to 4-D around it."""
+    def bprop(x, out, dout):
+        return (op(dout),)
+
+    op = _custom("SwapMiddleAxes", lambda x: [x[0], x[2], x[1], x[3]], _same_dtype, bprop)
+    return op
+
+
 def attention_op():
     """Primitive ``(out, lse) = attention(q, kv)``: multi-head softmax(q k^T / sqrt(d)) v for
     ``q [B, Nq, H, d]`` and ``kv [B, Nk, 2, H, d]`` (keys then values, as a fused kv Linear's

@@ -17,7 +17,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
-from src.models.cpu_kernels import attention_op, depthwise_conv3x3_nhwc_op, kernels_enabled
+from src.models.cpu_kernels import (attention_op, depthwise_conv3x3_nhwc_op, kernels_enabled,
+                                   swap_middle_axes_op)
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
@@ -158,6 +159,7 @@ class EfficientAttention(nn.Cell):
         self.use_cpu_kernel = kernels_enabled()
         if self.use_cpu_kernel:
             self.fused_attention = attention_op()
+            self.swap_axes = swap_middle_axes_op()
 
     def construct(self, x, height, width):
         batch, tokens, dim = x.shape
@@ -218,10 +220,18 @@ class EfficientAttention(nn.Cell):
         out_h, out_w = height // r, width // r
         if height % r or width % r:
             x = x.reshape(batch, height, width, channels)[:, :out_h * r, :out_w * r, :]
-        # [B*h', i, w', (j, c)] -> [B*h', w', i, (j, c)]: one row per patch, (i, j, c) order
-        x = x.reshape(batch * out_h, r, out_w, r * channels).transpose(0, 2, 1, 3)
+        # [B*h', i, w', (j, c)] -> [B*h', w', i, (j, c)]: one row per patch, (i, j, c) order;
+        # the weight [C, C, i, j] -> [C, (i, j), C] to match
+        x = x.reshape(batch * out_h, r, out_w, r * channels)
+        weight = self.sr.weight.astype(x.dtype)
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            x = self.swap_axes(x)
+            weight = self.swap_axes(weight.reshape(channels, channels, r * r, 1))
+        else:
+            x = x.transpose(0, 2, 1, 3)
+            weight = weight.transpose(0, 2, 3, 1)
         x = x.reshape(batch * out_h * out_w, r * r * channels)
-        weight = self.sr.weight.astype(x.dtype).transpose(0, 2, 3, 1).reshape(channels, -1)
+        weight = weight.reshape(channels, -1)
         y = ops.bias_add(self.patch_matmul(x, weight), self.sr.bias.astype(x.dtype))
         return y.reshape(batch, out_h * out_w, channels)
 
@@ -303,12 +313,21 @@ class MixVisionTransformer(nn.Cell):
                 for j in range(depths[i])]))
             setattr(self, f"norm{i + 1}", LayerNorm(embed_dims[i], eps=BLOCK_NORM_EPS))
             start += depths[i]
+        # CPU: the stage outputs' token -> NCHW layout change without a Transpose kernel
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.swap_axes = swap_middle_axes_op()
 
     def _stage(self, x, patch_embed, blocks, norm):
         x, height, width = patch_embed(x)
         for block in blocks:
             x = block(x, height, width)
-        return tokens_to_map(norm(x), height, width)
+        x = norm(x)
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            batch, tokens, channels = x.shape
+            x = self.swap_axes(x.reshape(batch, tokens, channels, 1))
+            return x.reshape(batch, channels, height, width)
+        return tokens_to_map(x, height, width)
 
     def construct(self, x):
         c1 = self._stage(x, self.patch_embed1, self.block1, self.norm1)

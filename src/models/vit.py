@@ -19,7 +19,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
-from src.models.cpu_kernels import gelu_erf_bias_op, kernels_enabled, self_attention_op
+from src.models.cpu_kernels import (gelu_erf_bias_op, kernels_enabled, self_attention_op,
+                                   swap_middle_axes_op)
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
@@ -86,10 +87,16 @@ class PatchEmbed(nn.Cell):
                                  stride=patch_size, pad_mode="valid", has_bias=True,
                                  weight_init=HeUniform(negative_slope=math.sqrt(5)),
                                  bias_init=Zero())
+        # CPU: NCHW -> tokens without a Transpose kernel (its 8 B/element index table)
+        self.use_cpu_kernel = kernels_enabled()
+        if self.use_cpu_kernel:
+            self.swap_axes = swap_middle_axes_op()
 
     def construct(self, x):
         x = self.proj(x)
         b, c, h, w = x.shape
+        if self.use_cpu_kernel and x.dtype == ms.float32:
+            return self.swap_axes(x.reshape(b, c, h * w, 1)).reshape(b, h * w, c)
         return x.reshape(b, c, h * w).transpose(0, 2, 1)
 
 

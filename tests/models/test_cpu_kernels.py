@@ -300,3 +300,20 @@ def test_self_attention_matches_torch(mode, shape):
     (ty * torch.from_numpy(dy).double()).sum().backward()
     np.testing.assert_allclose(out, ty.detach().numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(dqkv, tqkv.grad.numpy(), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 19, 1), (3, 4, 5, 24), (1, 1, 7, 1)])
+def test_swap_middle_axes_matches_transpose(mode, shape):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal((shape[0], shape[2], shape[1], shape[3])).astype(np.float32)
+    op = cpu_kernels.swap_middle_axes_op()
+    y = Apply(op)(ms.Tensor(x)).asnumpy()
+    weights = ms.Tensor(dy)
+
+    def loss(inputs):
+        return (op(inputs) * weights).sum()
+
+    dx = ms.grad(loss)(ms.Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(dx, dy.transpose(0, 2, 1, 3))

@@ -561,6 +561,22 @@ bool SelfViews(int *ndims, int64_t **shapes, void **params, AttentionViews *a) {
   return true;
 }
 
+// y[a, n, m, :] = x[a, m, n, :] for x [A, M, N, K] (K contiguous floats move together): the
+// layout changes of the models (tokens <-> NCHW maps, non-overlapping patch gathers) as one
+// copy, without MindSpore's CPU Transpose and its 8 B/element index table.
+void CopySwappingMiddleAxes(const float *x, float *y, int64_t outer, int64_t m, int64_t n, int64_t k) {
+  if (k == 1) {
+    ParallelFor(outer, [&](int64_t a) { TransposeBlock(x + a * m * n, m, n, n, y + a * m * n, m); });
+    return;
+  }
+  ParallelFor(outer * n, [&](int64_t row) {
+    const int64_t a = row / n, j = row % n;
+    for (int64_t i = 0; i < m; ++i) {
+      std::memcpy(y + ((a * n + j) * m + i) * k, x + ((a * m + i) * n + j) * k, k * sizeof(float));
+    }
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -934,6 +950,16 @@ int SelfAttentionGrad(int nparam, void **params, int *ndims, int64_t **shapes,
   const int64_t slot = a.heads * a.head_dim;
   AttentionBackward(a, static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),
                     static_cast<const float *>(params[3]), dqkv, dqkv + slot, dqkv + 2 * slot);
+  return 0;
+}
+
+// params: x [A, M, N, K], y [A, N, M, K]
+int SwapMiddleAxes(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                   void *, void *) {
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 4 || !AllFloat32(nparam, dtypes)) return 1;
+  const int64_t *in = shapes[0];
+  CopySwappingMiddleAxes(static_cast<const float *>(params[0]), static_cast<float *>(params[1]), in[0],
+                 in[1], in[2], in[3]);
   return 0;
 }
 
