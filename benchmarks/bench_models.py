@@ -58,6 +58,20 @@ GOALS = {"b0_fwd_512x1024": 0.8, "b0_fwd_1024x2048": 0.8, "b0_train_512x512": 1.
          "vit_b16_fwd_b8": 1.0}
 
 
+def simd_level():
+    """The widest x86 SIMD the CPU has (our C++ kernels are built for it: results from an
+    AVX-512 machine and an AVX2 one are not comparable), else the machine name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for level in ("avx512f", "avx2", "avx", "sse4_2"):
+        if level in flags:
+            return level
+    return platform.machine()
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -302,9 +316,9 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     machine = {"platform": platform.platform(), "processor": platform.processor() or "?",
-               "cpu_count": os.cpu_count(), "threads": args.threads, "loadavg_start": load,
+               "cpu_count": os.cpu_count(), "simd": simd_level(), "threads": args.threads, "loadavg_start": load,
                "repeats": args.repeats, "warmup": args.warmup}
-    print(f"{machine['platform']}, {os.cpu_count()} CPUs, {args.threads} threads, "
+    print(f"{machine['platform']}, {os.cpu_count()} CPUs ({machine['simd']}), {args.threads} threads, "
           f"load average {' '.join(load)}, warm-up {args.warmup}, repeats {args.repeats}",
           flush=True)
     results = {}
