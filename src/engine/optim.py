@@ -3,9 +3,10 @@
 Why our own update rules: MindSpore's ``nn.AdamWeightDecay`` has no bias correction
 (``m / (sqrt(v) + eps)`` with raw moments), so its first steps are ~1/(1-beta1) = 10x too
 small compared with ``torch.optim.AdamW`` that the SegFormer/ViT recipes were tuned with,
-and ``mint.optim.AdamW`` runs on Ascend only. The rules below are ``torch.optim.AdamW`` and
-``torch.optim.SGD`` (dampening 0, no Nesterov) line for line; tests/engine/test_optim.py
-compares them with torch numerically.
+and ``mint.optim.AdamW`` runs on Ascend only. The rules below are ``torch.optim.AdamW``
+(computed by the fused ``ops.AdamWeightDecay`` kernel, bias correction folded into its
+step size, epsilon and decay) and ``torch.optim.SGD`` (dampening 0, no Nesterov);
+tests/engine/test_optim.py compares them with torch numerically.
 
 The learning rate is an input of ``construct`` (the per-iteration value from
 ``schedules.build_lr_schedule``), so a resumed run continues the schedule from its step
@@ -81,28 +82,27 @@ def describe_param_groups(groups):
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 _sgd_update = ops.MultitypeFuncGraph("sgd_update")
-# Divisions use the RealDiv primitive, not ``/`` (the Div primitive): MindSpore 2.10's CPU
-# Div kernel keeps two 8-byte index tables per output element for the graph's lifetime even
-# for operands of the same shape (16 B per parameter value: 57 MiB for SegFormer-B0, ~1.3 GiB
-# for ViT-B); RealDiv computes the same float32 quotient without them.
-_real_div = ops.RealDiv()
+# One fused kernel per tensor (updates param, exp_avg and exp_avg_sq in place). Written out
+# as tensor arithmetic, AdamW was ~12 graph nodes per parameter tensor, each with its own
+# compiled-graph state and output buffer (SegFormer-B0: 189 tensors, ~60 MiB of the train
+# graph) and a pass over the tensor each.
+_adam_weight_decay = ops.AdamWeightDecay()
 
 
-@_adamw_update.register("Tensor", "Tensor", "Tensor", "Number", "Number", "Number", "Number",
+@_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Number",
                         "Number", "Tensor", "Tensor", "Tensor", "Tensor")
-def _adamw_param(lr, bias_correction1, bias_correction2, beta1, beta2, eps, lr_mult,
-                 weight_decay, param, exp_avg, exp_avg_sq, grad):
-    """torch.optim.AdamW for one tensor (all arithmetic in float32)."""
-    grad = grad.astype(ms.float32)
-    lr = lr * lr_mult
-    next_avg = exp_avg * beta1 + grad * (1.0 - beta1)
-    next_avg_sq = exp_avg_sq * beta2 + grad * grad * (1.0 - beta2)
-    denom = ops.sqrt(_real_div(next_avg_sq, bias_correction2)) + eps
-    update = _real_div((lr / bias_correction1) * next_avg, denom)
-    next_param = param * (1.0 - lr * weight_decay) - update
-    success = ops.assign(exp_avg, next_avg)
-    success = ops.depend(success, ops.assign(exp_avg_sq, next_avg_sq))
-    return ops.depend(success, ops.assign(param, next_param))
+def _adamw_param(lr, step_size, eps, decay_scale, beta1, beta2, lr_mult, weight_decay, param,
+                 exp_avg, exp_avg_sq, grad):
+    """torch.optim.AdamW for one tensor, by ``ops.AdamWeightDecay`` (no bias correction:
+    ``p -= L * (m / (sqrt(v) + E) + D * p)``). torch's bias-corrected step
+
+        p -= lr * wd * p + (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+
+    is that with L = lr * sqrt(bc2) / bc1 (``lr * step_size``), E = eps * sqrt(bc2) and
+    D = wd * bc1 / sqrt(bc2) (``weight_decay * decay_scale``); moments as in torch."""
+    group_lr = lr * lr_mult
+    return _adam_weight_decay(param, exp_avg, exp_avg_sq, group_lr * step_size, beta1, beta2,
+                              eps, decay_scale * weight_decay, grad.astype(param.dtype))
 
 
 @_sgd_update.register("Tensor", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor")
@@ -143,18 +143,25 @@ class AdamW(_GroupedOptimizer):
     def __init__(self, groups, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(groups)
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
-        self.beta1_f64 = ms.Tensor(self.beta1, ms.float64)
-        self.beta2_f64 = ms.Tensor(self.beta2, ms.float64)
+        self.beta1_f32 = ms.Tensor(self.beta1, ms.float32)
+        self.beta2_f32 = ms.Tensor(self.beta2, ms.float32)
+        # The kernel averages with the float32 betas (1 - 0.999f is 1.3e-5 off 0.001): bias
+        # corrections from those same values make the first step lr * sign(g) exactly, as torch
+        self.beta1_f64 = self.beta1_f32.astype(ms.float64)
+        self.beta2_f64 = self.beta2_f32.astype(ms.float64)
         self.exp_avg = self.parameters.clone(prefix=STATE_PREFIX + "exp_avg", init="zeros")
         self.exp_avg_sq = self.parameters.clone(prefix=STATE_PREFIX + "exp_avg_sq", init="zeros")
 
     def construct(self, grads, lr):
         # float64 like torch's Python-side bias corrections: 1 - 0.999 ** t loses 1e-5 in fp32
         step = self._next_step().astype(ms.float64)
-        bias_correction1 = (1.0 - ops.pow(self.beta1_f64, step)).astype(ms.float32)
-        bias_correction2 = (1.0 - ops.pow(self.beta2_f64, step)).astype(ms.float32)
-        update = ops.partial(_adamw_update, lr, bias_correction1, bias_correction2,
-                             self.beta1, self.beta2, self.eps)
+        bias_correction1 = 1.0 - ops.pow(self.beta1_f64, step)
+        sqrt_bias_correction2 = ops.sqrt(1.0 - ops.pow(self.beta2_f64, step))
+        step_size = (sqrt_bias_correction2 / bias_correction1).astype(ms.float32)
+        eps = (self.eps * sqrt_bias_correction2).astype(ms.float32)
+        decay_scale = (bias_correction1 / sqrt_bias_correction2).astype(ms.float32)
+        update = ops.partial(_adamw_update, lr, step_size, eps, decay_scale, self.beta1_f32,
+                             self.beta2_f32)
         return self.hyper_map(update, self.lr_mults, self.weight_decays, self.parameters,
                               self.exp_avg, self.exp_avg_sq, grads)
 

@@ -21,6 +21,9 @@ The compiled library is cached in ``$MS_SEG_KERNEL_CACHE`` (default
 version, the flags and this CPU's instruction-set flags (``-march=native``: a shared home
 directory on a cluster of mixed CPUs gets one library per CPU kind). It is written to a
 temporary file and renamed, so concurrent workers (msrun) never load a half-written file.
+``$MS_SEG_KERNEL_MARCH`` replaces ``native`` in ``-march=`` (e.g. ``x86-64-v3`` for one
+library that runs on every AVX2 machine); the kernels pick their SIMD width from it at
+compile time (AVX-512, AVX/AVX2, else 16-byte vectors).
 """
 import functools
 import hashlib
@@ -34,9 +37,15 @@ import mindspore as ms
 from mindspore import ops
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
-CXX_FLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
 ENV_SWITCH = "MS_SEG_CPU_KERNELS"
 ENV_CACHE = "MS_SEG_KERNEL_CACHE"
+ENV_MARCH = "MS_SEG_KERNEL_MARCH"
+
+
+def compiler_flags():
+    march = os.environ.get(ENV_MARCH, "").strip() or "native"
+    return ["-std=c++17", "-O3", f"-march={march}", "-fopenmp-simd", "-pthread", "-shared",
+            "-fPIC"]
 
 
 def _cpu_flags():
@@ -64,11 +73,12 @@ def _cache_dir():
 def library_path():
     """Path of the compiled kernel library, building it on first use; None if that fails."""
     cxx = os.environ.get("CXX", "g++")
+    flags = compiler_flags()
     try:
         with open(SOURCE, "rb") as f:
             source = f.read()
         key = hashlib.sha256(b"\0".join([
-            source, _compiler_version(cxx).encode(), " ".join(CXX_FLAGS).encode(),
+            source, _compiler_version(cxx).encode(), " ".join(flags).encode(),
             _cpu_flags().encode()])).hexdigest()[:16]
         cache = _cache_dir()
         path = os.path.join(cache, f"cpu_kernels_{key}.so")
@@ -78,7 +88,7 @@ def library_path():
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".cpu_kernels_", suffix=".so")
         os.close(fd)
         try:
-            proc = subprocess.run([cxx, *CXX_FLAGS, "-o", tmp, SOURCE], capture_output=True,
+            proc = subprocess.run([cxx, *flags, "-o", tmp, SOURCE], capture_output=True,
                                   text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cxx} exited with {proc.returncode}: "

@@ -1,5 +1,8 @@
 """The custom CPU kernels (src/models/csrc/cpu_kernels.cc) against PyTorch in float64:
 values and gradients, odd sizes, both execution modes; and the fallbacks around them."""
+import os
+import platform
+import subprocess
 import warnings
 
 import numpy as np
@@ -254,6 +257,10 @@ ATTENTION_SHAPES = [(2, 197, 197, 3, 64), (1, 300, 37, 1, 32), (2, 70, 131, 2, 2
 
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_attention_matches_torch(mode, shape):
+    _check_attention_against_torch(shape)
+
+
+def _check_attention_against_torch(shape):
     batch, queries, keys, heads, dim = shape
     rng = np.random.default_rng(7)
     # scale 3: peaked softmax rows, where a wrong max/log-sum-exp would show
@@ -279,6 +286,44 @@ def test_attention_matches_torch(mode, shape):
     np.testing.assert_allclose(lse, torch.logsumexp(scores, -1).detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dq, tq.grad.numpy(), rtol=0, atol=2e-4)
     np.testing.assert_allclose(dkv, tkv.grad.numpy(), rtol=0, atol=2e-4)
+
+
+def _cpu_flag_words():
+    with open("/proc/cpuinfo") as f:
+        return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+
+
+# -march values, one per SIMD branch of the attention's GEMM tile (cpu_kernels.cc): 16-byte
+# vectors, AVX/AVX2 32-byte, AVX-512 64-byte; and the CPU flag each needs to run here.
+X86_SIMD_BUILDS = [("x86-64", None), ("x86-64-v3", "avx2"), ("skylake-avx512", "avx512f")]
+IS_X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+@pytest.mark.skipif(not IS_X86, reason="x86 -march values")
+@pytest.mark.parametrize("march", [m for m, _ in X86_SIMD_BUILDS])
+def test_kernel_source_compiles_for_every_simd_width(march):
+    # CI's CPU runs only some branches; each must still compile (no AVX-512 machine here)
+    proc = subprocess.run([os.environ.get("CXX", "g++"), "-fsyntax-only", "-std=c++17",
+                           f"-march={march}", "-fopenmp-simd", cpu_kernels.SOURCE],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not IS_X86, reason="x86 -march values")
+@pytest.mark.parametrize("march", [m for m, flag in X86_SIMD_BUILDS
+                                   if flag is None or (IS_X86 and flag in _cpu_flag_words())])
+def test_attention_matches_torch_for_each_simd_width_this_cpu_runs(monkeypatch, tmp_path, march):
+    # The 64-byte vectors once built for every target made the AVX2 tile spill (30x slower):
+    # each width now has its own tile, and each one this CPU can run must give the same result.
+    monkeypatch.setenv(cpu_kernels.ENV_MARCH, march)
+    monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path))
+    cpu_kernels.library_path.cache_clear()
+    try:
+        path = cpu_kernels.library_path()
+        assert path is not None and path.startswith(str(tmp_path))
+        _check_attention_against_torch((2, 70, 131, 2, 20))
+    finally:
+        cpu_kernels.library_path.cache_clear()
 
 
 @pytest.mark.parametrize("shape", [(2, 197, 3, 64), (1, 75, 2, 24)], ids=["vit", "odd"])
