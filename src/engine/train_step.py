@@ -12,6 +12,8 @@ iteration's learning rate only when all are finite; the loss scaler then adapts.
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.utils.device import ReleasesCompileMemory
+
 
 class NetWithLoss(nn.Cell):
     """``loss_fn(net(images), labels) * scale`` (scale: the current loss scale, a Tensor)."""
@@ -25,7 +27,7 @@ class NetWithLoss(nn.Cell):
         return self.loss_fn(self.net(images), labels) * scale
 
 
-class TrainStep(nn.Cell):
+class TrainStep(ReleasesCompileMemory):
     """``step(images, labels, lr) -> (loss, overflow, loss_scale_used)``.
 
     loss: float32 scalar, unscaled; overflow: bool scalar, True when the gradients were not

@@ -10,13 +10,14 @@ from mindspore import nn
 from src.models.layers import batch_norm_2d
 from src.models.mit import MIT_SETTINGS, mit
 from src.models.segformer_head import SegFormerHead
+from src.utils.device import ReleasesCompileMemory
 
 # Upstream decoder width per backbone (NVlabs Cityscapes/ADE configs).
 DECODER_DIMS = {"mit_b0": 256, "mit_b1": 256, "mit_b2": 768, "mit_b3": 768, "mit_b4": 768,
                 "mit_b5": 768}
 
 
-class SegFormer(nn.Cell):
+class SegFormer(ReleasesCompileMemory):
     def __init__(self, backbone, decode_head):
         super().__init__()
         self.backbone = backbone

@@ -21,6 +21,7 @@ from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from src.models.layers import LayerNorm
 from src.models.vit import Block, create_vit, dense
+from src.utils.device import ReleasesCompileMemory
 
 SEGMENTER_LAYER_NORM_EPS = 1e-5   # official Segmenter: nn.LayerNorm(dim) everywhere
 DECODERS = ("mask_transformer", "linear")
@@ -95,7 +96,7 @@ class MaskTransformer(nn.Cell):
         return masks.transpose(0, 2, 1).reshape(b, self.class_num, grid[0], grid[1])
 
 
-class Segmenter(nn.Cell):
+class Segmenter(ReleasesCompileMemory):
     """``encoder`` (ViT without head) + ``decoder``; logits at the input size."""
 
     def __init__(self, encoder, decoder):

@@ -22,6 +22,7 @@ from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initi
 from src.models.cpu_kernels import (gelu_erf_bias_op, kernels_enabled, self_attention_op,
                                    swap_middle_axes_op)
 from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
+from src.utils.device import ReleasesCompileMemory
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
 VIT_WIDTHS = {
@@ -201,7 +202,7 @@ class Block(nn.Cell):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Cell):
+class VisionTransformer(ReleasesCompileMemory):
     """ViT with a class token. ``class_num=0``: an encoder without ``head``.
 
     ``construct``: ``[B, 3, H, W]`` -> logits ``[B, class_num]`` (class token after ``norm``);

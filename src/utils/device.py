@@ -12,9 +12,11 @@ MindSpore's ``init()`` reads:
 * ``scripts/run_distribute_train_msrun.sh`` (msrun; Ascend, GPU, CPU): MS_ROLE,
   MS_SCHED_HOST, MS_SCHED_PORT, MS_WORKER_NUM, and DEVICE_ID = local rank.
 """
+import ctypes
 import os
 
 import mindspore as ms
+from mindspore import nn
 from mindspore.context import ParallelMode
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
@@ -117,3 +119,32 @@ def data_parallel_size():
     if ms.get_auto_parallel_context("parallel_mode") != ParallelMode.DATA_PARALLEL:
         return 1
     return int(ms.get_auto_parallel_context("device_num"))
+
+
+def release_free_heap():
+    """Hand the heap pages that malloc holds free back to the OS (glibc ``malloc_trim(0)``,
+    which also trims the per-thread arenas and the holes inside them). True if it ran; a
+    no-op elsewhere (no glibc)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    trim(0)
+    return True
+
+
+class ReleasesCompileMemory(nn.Cell):
+    """Base of the cells users call directly (the models, ``TrainStep``).
+
+    In GRAPH mode MindSpore's compiler frees most of its temporary IR when it is done, but
+    glibc keeps those pages in its per-thread arenas, where the graph's tensors (MindSpore's
+    own memory pool) never reuse them: measured 50-75 MiB of peak RSS for ViT-B/16 and the
+    SegFormer-B0 train step. So after each new compile, before the graph first runs, they go
+    back to the OS. Cells compiled inside another cell's graph never get here.
+    """
+
+    def compile(self, *args, **kwargs):
+        compiled = len(self.compile_cache)
+        super().compile(*args, **kwargs)
+        if len(self.compile_cache) != compiled:
+            release_free_heap()
