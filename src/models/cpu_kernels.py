@@ -43,9 +43,12 @@ ENV_MARCH = "MS_SEG_KERNEL_MARCH"
 
 
 def compiler_flags():
+    # -fno-trapping-math: without it GCC keeps every loop with a clamp or a select scalar
+    # (a float compare "may trap"): the exact GELU, its gradients and the attention's exp.
+    # Nothing here reads floating-point exception flags.
     march = os.environ.get(ENV_MARCH, "").strip() or "native"
-    return ["-std=c++17", "-O3", f"-march={march}", "-fopenmp-simd", "-pthread", "-shared",
-            "-fPIC"]
+    return ["-std=c++17", "-O3", f"-march={march}", "-fopenmp-simd", "-fno-trapping-math",
+            "-pthread", "-shared", "-fPIC"]
 
 
 def _cpu_flags():

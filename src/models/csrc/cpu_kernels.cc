@@ -10,7 +10,8 @@
 //         void *stream, void *extra)
 // with params = inputs then outputs, and returns 0 on success.
 //
-// Build: g++ -O3 -march=native -fopenmp-simd -pthread -shared -fPIC (cpu_kernels.py, cached).
+// Build: g++ -O3 -march=native -fopenmp-simd -fno-trapping-math -pthread -shared -fPIC
+// (cpu_kernels.py, cached).
 // Threads: a pool of its own whose idle workers sleep on a condition variable. Not OpenMP:
 // libgomp's idle threads spin after every parallel region and, on few cores, took the CPU
 // from MindSpore's kernels that ran next (its MatMuls ran ~3x slower between our kernels).
