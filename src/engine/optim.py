@@ -82,11 +82,12 @@ def describe_param_groups(groups):
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 _sgd_update = ops.MultitypeFuncGraph("sgd_update")
-# One fused kernel per tensor (updates param, exp_avg and exp_avg_sq in place). Written out
+# One fused kernel per tensor (updates the parameter and its state in place). Written out
 # as tensor arithmetic, AdamW was ~12 graph nodes per parameter tensor, each with its own
 # compiled-graph state and output buffer (SegFormer-B0: 189 tensors, ~60 MiB of the train
 # graph) and a pass over the tensor each.
 _adam_weight_decay = ops.AdamWeightDecay()
+_apply_momentum = ops.ApplyMomentum()
 
 
 @_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Number",
@@ -105,13 +106,14 @@ def _adamw_param(lr, step_size, eps, decay_scale, beta1, beta2, lr_mult, weight_
                               eps, decay_scale * weight_decay, grad.astype(param.dtype))
 
 
-@_sgd_update.register("Tensor", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor")
+@_sgd_update.register("Tensor", "Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor")
 def _sgd_param(lr, momentum, lr_mult, weight_decay, param, buf, grad):
-    """torch.optim.SGD (dampening 0, nesterov False) for one tensor."""
-    grad = grad.astype(ms.float32) + param * weight_decay
-    next_buf = buf * momentum + grad
-    success = ops.assign(buf, next_buf)
-    return ops.depend(success, ops.assign(param, param - (lr * lr_mult) * next_buf))
+    """torch.optim.SGD (dampening 0, nesterov False) for one tensor: ``ops.ApplyMomentum``
+    (in place: buf = momentum * buf + g; p -= lr * buf) on g = grad + weight_decay * p."""
+    grad = grad.astype(param.dtype)
+    if weight_decay != 0.0:
+        grad = grad + param * weight_decay
+    return _apply_momentum(param, buf, lr * lr_mult, grad, momentum)
 
 
 class _GroupedOptimizer(nn.Cell):
@@ -171,7 +173,7 @@ class SGD(_GroupedOptimizer):
 
     def __init__(self, groups, momentum=0.9):
         super().__init__(groups)
-        self.momentum = float(momentum)
+        self.momentum = ms.Tensor(float(momentum), ms.float32)
         self.momentum_buffer = self.parameters.clone(prefix=STATE_PREFIX + "momentum_buffer",
                                                      init="zeros")
 
