@@ -84,7 +84,7 @@ _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 _sgd_update = ops.MultitypeFuncGraph("sgd_update")
 # One fused kernel per tensor (updates the parameter and its state in place). Written out
 # as tensor arithmetic, AdamW was ~12 graph nodes per parameter tensor, each with its own
-# compiled-graph state and output buffer (SegFormer-B0: 189 tensors, ~60 MiB of the train
+# compiled-graph state and output buffer (SegFormer-B0: 189 tensors, ~70 MiB of the train
 # graph) and a pass over the tensor each.
 _adam_weight_decay = ops.AdamWeightDecay()
 _apply_momentum = ops.ApplyMomentum()
