@@ -358,16 +358,23 @@ void TransposeBlock(const float *src, int64_t rows, int64_t cols, int64_t ld_src
   }
 }
 
-// max of x[0, n): 16 running maxima (vectorises; a single one is a serial vmaxss chain)
+// max of x[0, n): running maxima in kVec / kLanes vector registers (a single scalar maximum
+// is a serial vmaxss chain, and GCC does not vectorise the scalar form of this loop)
 inline float RowMax(const float *x, int64_t n) {
-  float lanes[kVec];
-  for (int64_t l = 0; l < kVec; ++l) lanes[l] = x[0];
+  constexpr int kRegs = kVec / kLanes;
+  Vec lanes[kRegs];
+  for (int v = 0; v < kRegs; ++v) lanes[v] = Vec{} + x[0];
   int64_t j = 0;
   for (; j + kVec <= n; j += kVec) {
-    for (int64_t l = 0; l < kVec; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+    for (int v = 0; v < kRegs; ++v) {
+      const Vec y = LoadVec(x + j + v * kLanes);
+      lanes[v] = lanes[v] > y ? lanes[v] : y;
+    }
   }
-  float max = lanes[0];
-  for (int64_t l = 1; l < kVec; ++l) max = std::max(max, lanes[l]);
+  float max = x[0];
+  for (int v = 0; v < kRegs; ++v) {
+    for (int64_t l = 0; l < kLanes; ++l) max = std::max(max, lanes[v][l]);
+  }
   for (; j < n; ++j) max = std::max(max, x[j]);
   return max;
 }
