@@ -316,9 +316,10 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     machine = {"platform": platform.platform(), "processor": platform.processor() or "?",
-               "cpu_count": os.cpu_count(), "simd": simd_level(), "threads": args.threads, "loadavg_start": load,
-               "repeats": args.repeats, "warmup": args.warmup}
-    print(f"{machine['platform']}, {os.cpu_count()} CPUs ({machine['simd']}), {args.threads} threads, "
+               "cpu_count": os.cpu_count(), "simd": simd_level(), "threads": args.threads,
+               "loadavg_start": load, "repeats": args.repeats, "warmup": args.warmup}
+    print(f"{machine['platform']}, {os.cpu_count()} CPUs ({machine['simd']}), "
+          f"{args.threads} threads, "
           f"load average {' '.join(load)}, warm-up {args.warmup}, repeats {args.repeats}",
           flush=True)
     results = {}
