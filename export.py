@@ -5,7 +5,8 @@
 
 The file is named after the config file (``segformer.b0.512x1024.city.mindir``) unless
 ``--export_file_name`` is given. ``--export_input_shape=1,3,-1,-1`` exports a MINDIR that
-takes any H and W (where the network supports it).
+takes any H and W (where the network supports it). The exported graph is always the
+reference kernel backend (standard operators only), whatever ``kernel_backend`` says.
 """
 import sys
 
@@ -15,7 +16,7 @@ from src.utils.logger import fail
 
 def main(argv):
     cfg = config_from_argv(argv)
-    from src.engine.export import ExportError, check_export, export_network
+    from src.engine.export import ExportError, check_export, export_config, export_network
     from src.engine.inference import load_trained_net
     from src.engine.mindir_to_onnx import OnnxConversionError
     from src.utils.checkpoint import CheckpointError
@@ -24,7 +25,7 @@ def main(argv):
     try:
         setup_runtime(cfg)
         check_export(cfg)  # a wrong format or path fails before the checkpoint is read
-        net = load_trained_net(cfg, cfg.export_ckpt_path)
+        net = load_trained_net(export_config(cfg), cfg.export_ckpt_path)
         export_network(net, cfg)
     except (CheckpointError, ExportError, OnnxConversionError, RuntimeSetupError, ValueError,
             OSError) as err:

@@ -90,6 +90,7 @@ def main(argv):
     height, width = (args.shape * 2)[:2] if args.shape else default_shape(cfg)
     shape = (1, 3, height, width)
     try:
+        cfg.kernel_backend = "reference"  # the layers as published, op by op
         net = build_model(cfg)
         report = count_model(net, shape)
     except (FlopCountError, ValueError) as err:

@@ -27,8 +27,7 @@ import tempfile
 import mindspore as ms
 from mindspore import nn
 
-from src.models.cpu_kernels import disable_kernels
-from src.models.layers import LayerNorm
+from src.models.backends.reference import LayerNorm
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 LOSS_SCALE_TYPES = ("dynamic", "fixed", "none")
@@ -66,10 +65,6 @@ def apply_amp(net, amp_level):
     if amp_level == "O2":
         black_list = ms.amp.get_black_list() + [LayerNorm, nn.SyncBatchNorm]
         return ms.amp.custom_mixed_precision(net, black_list=black_list, dtype=ms.float16)
-    if amp_level == "O3":
-        # O3 casts the float inputs of every operator to float16, those of the float32-only
-        # custom CPU kernels (LayerNorm, GELU, depthwise conv) too: standard ops instead.
-        disable_kernels(net)
     with _rewrite_scratch_dir():
         return ms.amp.auto_mixed_precision(net, amp_level, dtype=ms.float16)
 

@@ -7,23 +7,48 @@
 - ONNX: MINDIR first, then ``src/engine/mindir_to_onnx.py`` (MindSpore's own ONNX exporter
   cannot express exact GELU or half-pixel bilinear resize); static shapes only.
 
+The exported network is the model built on the reference kernel backend (standard
+operators only: what Ascend, GPU, MindSpore Lite and onnxruntime run), never the cpu
+backend, whose custom kernels live in a library compiled on the exporting machine.
 The exported network is the model itself: input = the normalised image [N, 3, H, W]
 (``img_norm_mean`` / ``img_norm_std``, RGB), output = its logits (segmentation: at the
 network's native resolution, 1/4 of the input for SegFormer; ViT: [N, class_num]).
 """
+import copy
 import os
 import tempfile
 
 import numpy as np
 import mindspore as ms
 
-from src.models.cpu_kernels import disable_kernels
+from src.models.backends import BACKENDS
 
 EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
 class ExportError(RuntimeError):
     """The export cannot be done as configured; the message says why and what to change."""
+
+
+EXPORT_BACKEND = "reference"
+
+
+def export_config(cfg):
+    """``cfg`` with the kernel backend every export is built on."""
+    cfg = copy.deepcopy(cfg)
+    cfg.kernel_backend = EXPORT_BACKEND
+    return cfg
+
+
+def _check_backend(net):
+    """Refuse a network holding a layer of another backend than ``EXPORT_BACKEND``."""
+    for name, cell in net.cells_and_names():
+        module = type(cell).__module__
+        for backend in BACKENDS:
+            if backend != EXPORT_BACKEND and module == f"src.models.backends.{backend}":
+                raise ExportError(f"layer '{name}' ({type(cell).__name__}) is from the "
+                                  f"'{backend}' kernel backend; an export must be built on the "
+                                  f"'{EXPORT_BACKEND}' backend (build it from export_config(cfg))")
 
 
 def default_file_name(cfg):
@@ -93,9 +118,8 @@ def export_network(net, cfg, log=print):
     ``export_input_shape``). Returns the path written."""
     fmt, shape, path = check_export(cfg)
     dynamic = -1 in shape[2:]
+    _check_backend(net)
     net.set_train(False)
-    # standard ops only: the custom CPU kernels live in a library compiled on this machine
-    disable_kernels(net)
     if dynamic:
         example = ms.Tensor(shape=[d if d > 0 else None for d in shape], dtype=ms.float32)
     else:

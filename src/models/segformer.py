@@ -29,17 +29,18 @@ class SegFormer(ReleasesCompileMemory):
 
 def batch_norm_layer(cfg):
     """The decode head's BatchNorm factory; the SyncBN rule lives in ``layers.batch_norm_2d``."""
-    return functools.partial(batch_norm_2d, sync_bn=cfg.sync_bn)
+    return functools.partial(batch_norm_2d, sync_bn=cfg.sync_bn, device_target=cfg.device_target)
 
 
-def build_segformer(cfg):
+def build_segformer(cfg, backend):
     if cfg.backbone not in MIT_SETTINGS:
         raise ValueError(f"config key 'backbone': '{cfg.backbone}' is not a SegFormer encoder; "
                          f"expected one of {sorted(MIT_SETTINGS)}")
     if int(cfg.class_num) < 1:
         raise ValueError(f"config key 'class_num' must be >= 1, got {cfg.class_num}")
-    backbone = mit(cfg.backbone, drop_path_rate=cfg.drop_path_rate, drop_rate=cfg.drop_rate)
+    backbone = mit(cfg.backbone, backend, drop_path_rate=cfg.drop_path_rate,
+                   drop_rate=cfg.drop_rate)
     decoder_dim = cfg.decoder_dim if cfg.decoder_dim is not None else DECODER_DIMS[cfg.backbone]
-    head = SegFormerHead(backbone.embed_dims, int(decoder_dim), int(cfg.class_num),
+    head = SegFormerHead(backend, backbone.embed_dims, int(decoder_dim), int(cfg.class_num),
                          dropout=cfg.decoder_dropout, norm_layer=batch_norm_layer(cfg))
     return SegFormer(backbone, head)

@@ -7,9 +7,11 @@ expect); ``linear_fuse`` = 1x1 conv (no bias) + BatchNorm + ReLU; dropout; ``lin
 = 1x1 conv to ``num_classes``. Output: logits at 1/4 of the input resolution.
 Layer init is the framework default (PyTorch's default in upstream, too).
 
-How it is computed (``fold_fuse``, default on): the linears, the bilinear upsampling and
-the 1x1 fuse conv are all linear maps and upsampling acts per channel, so (W_i = the fuse
-conv's weight columns of stage i, A_i/b_i = ``linear_c{i}.proj``)
+How it is computed: the kernel backend decides (``backend.FOLD_DECODE_HEAD``, set once at
+build as ``fold_fuse``). Unfolded (the reference backend), the layers run one by one as
+written above: the published model, op by op. Folded (the cpu backend): the linears, the
+bilinear upsampling and the 1x1 fuse conv are all linear maps and upsampling acts per
+channel, so (W_i = the fuse conv's weight columns of stage i, A_i/b_i = ``linear_c{i}.proj``)
 
     fuse(concat_i up(A_i x_i + b_i)) = sum_i up((W_i A_i) x_i) + sum_i W_i b_i
 
@@ -17,21 +19,17 @@ conv's weight columns of stage i, A_i/b_i = ``linear_c{i}.proj``)
 then one [C, C_i] matmul at its own resolution instead of a [C, 4C] conv at stride 4
 (SegFormer-B0 at 512x1024: ~0.6 GMAC in the head instead of ~9; the 4C-channel concat is
 gone), computed channel-first on the NCHW stage maps (no transposes); the summed bias is
-added at the coarsest stage, before upsampling. At inference the BatchNorm (a per-channel
-affine map with its running statistics) is folded in as well. Same function and
-parameters; fp32 results differ by rounding only. ``fold_fuse = False`` runs the layers
-one by one as written above (the published model's MAC count, op by op).
+added at the coarsest stage, before upsampling, and the upsampled maps are summed by the
+backend's ``UpsampleAdd``. At inference the BatchNorm (a per-channel affine map with its
+running statistics) is folded in as well. Same function and parameters; fp32 results
+differ by rounding only.
 
 The upsampling is ``ResizeBilinearV2`` with the size as a graph value (a MINDIR exported
-with dynamic H/W resizes to any input size); on CPU, float32, the custom bilinear kernel
-(``cpu_kernels.resize_bilinear_add_op``, which also adds each upsampled map into the running
-sum: one full-size map alive instead of four): MindSpore 2.10's CPU ``ResizeBilinearGrad``
-took 150-460 ms per call in the B0 train step.
+with dynamic H/W resizes to any input size).
 """
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.models.cpu_kernels import kernels_enabled, resize_bilinear_add_op
 
 
 class MLP(nn.Cell):
@@ -53,7 +51,7 @@ class ConvBNReLU(nn.Cell):
     def __init__(self, in_channels, out_channels, norm_layer=nn.BatchNorm2d):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, has_bias=False)
-        self.bn = norm_layer(out_channels)  # eps 1e-5, momentum 0.9 (= torch's 0.1)
+        self.bn = norm_layer(out_channels)  # eps 1e-5, torch momentum 0.1
         self.relu = nn.ReLU()
 
     def construct(self, x):
@@ -61,7 +59,8 @@ class ConvBNReLU(nn.Cell):
 
 
 class SegFormerHead(nn.Cell):
-    def __init__(self, in_channels, embed_dim, num_classes, dropout=0.1, norm_layer=nn.BatchNorm2d):
+    def __init__(self, backend, in_channels, embed_dim, num_classes, dropout=0.1,
+                 norm_layer=nn.BatchNorm2d):
         super().__init__()
         c1, c2, c3, c4 = in_channels
         self.linear_c1 = MLP(c1, embed_dim)
@@ -73,11 +72,8 @@ class SegFormerHead(nn.Cell):
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1, has_bias=True)
         self.resize = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
         self.embed_dim = embed_dim
-        self.fold_fuse = True
-        # CPU: ResizeBilinearV2 with the matmul gradient; elsewhere the plain op
-        self.use_cpu_kernel = kernels_enabled()
-        if self.use_cpu_kernel:
-            self.resize_add_kernel = resize_bilinear_add_op()
+        self.fold_fuse = backend.FOLD_DECODE_HEAD
+        self.upsample_add = backend.UpsampleAdd()
         self.batch_matmul = ops.BatchMatMul()
         self.fold_matmul = ops.MatMul()
 
@@ -122,22 +118,15 @@ class SegFormerHead(nn.Cell):
         # (BiasAdd, not a broadcasting Add: the latter keeps a 16 B/element table on CPU)
         y4 = ops.bias_add(self._channel_matmul(w4.astype(dtype), c4), bias.astype(dtype))
         x = self._channel_matmul(w1.astype(dtype), c1)
-        x = self._upsample_add(self._channel_matmul(w2.astype(dtype), c2), x)
-        x = self._upsample_add(self._channel_matmul(w3.astype(dtype), c3), x)
-        x = self._upsample_add(y4, x)
+        x = self.upsample_add(self._channel_matmul(w2.astype(dtype), c2), x)
+        x = self.upsample_add(self._channel_matmul(w3.astype(dtype), c3), x)
+        x = self.upsample_add(y4, x)
         if not fold_bn:
             x = bn(x)
         x = self.dropout(self.linear_fuse.relu(x))
         pred = self.linear_pred
         logits = self._channel_matmul(pred.weight.reshape(pred.out_channels, -1).astype(x.dtype), x)
         return ops.bias_add(logits, pred.bias.astype(x.dtype))
-
-    def _upsample_add(self, x, base):
-        """``base`` + bilinear resize of ``x`` to the H, W of ``base`` (align_corners=False).
-        On CPU one kernel, so the sum of the upsampled maps keeps one full-size map alive."""
-        if self.use_cpu_kernel and x.dtype == ms.float32:
-            return self.resize_add_kernel(x, base)
-        return base + self.resize(x, ops.shape(base)[2:])
 
     def _fold_stage(self, index, proj):
         """(W_i A_i, W_i b_i) in float32 for the stage whose columns of the fuse weight are

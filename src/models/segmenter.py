@@ -19,7 +19,6 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
-from src.models.layers import LayerNorm
 from src.models.vit import Block, create_vit, dense
 from src.utils.device import ReleasesCompileMemory
 
@@ -50,7 +49,7 @@ class MaskTransformer(nn.Cell):
     classes by ``mask_norm``.
     """
 
-    def __init__(self, class_num, d_encoder, n_layers=2, d_model=None, n_heads=None,
+    def __init__(self, backend, class_num, d_encoder, n_layers=2, d_model=None, n_heads=None,
                  dropout=0.1, drop_path_rate=0.0, eps=SEGMENTER_LAYER_NORM_EPS):
         super().__init__()
         d_model = d_encoder if d_model is None else d_model
@@ -63,7 +62,7 @@ class MaskTransformer(nn.Cell):
         rates = [drop_path_rate * i / (n_layers - 1) if n_layers > 1 else 0.0
                  for i in range(n_layers)]
         self.blocks = nn.CellList([
-            Block(d_model, n_heads, mlp_ratio=4.0, drop=dropout, attn_drop=dropout,
+            Block(backend, d_model, n_heads, mlp_ratio=4.0, drop=dropout, attn_drop=dropout,
                   drop_path=rates[i], eps=eps)
             for i in range(n_layers)])
         self.cls_emb = ms.Parameter(initializer(TruncatedNormal(0.02), (1, class_num, d_model),
@@ -73,8 +72,8 @@ class MaskTransformer(nn.Cell):
                                        name="proj_patch")
         self.proj_classes = ms.Parameter(initializer(Normal(scale), (d_model, d_model),
                                                      ms.float32), name="proj_classes")
-        self.decoder_norm = LayerNorm(d_model, eps=eps)
-        self.mask_norm = LayerNorm(class_num, eps=eps)
+        self.decoder_norm = backend.LayerNorm(d_model, eps=eps)
+        self.mask_norm = backend.LayerNorm(class_num, eps=eps)
 
     def construct(self, x, grid):
         b = x.shape[0]
@@ -121,20 +120,21 @@ class Segmenter(ReleasesCompileMemory):
         return masks
 
 
-def build_segmenter(cfg):
+def build_segmenter(cfg, backend):
     """Segmenter from ``cfg.backbone`` (a ViT variant), ``cfg.decoder`` and ``cfg.class_num``."""
     if cfg.decoder not in DECODERS:
         raise ValueError(f"config key 'decoder': unknown Segmenter decoder '{cfg.decoder}', "
                          f"expected one of {list(DECODERS)}")
     if not isinstance(cfg.class_num, int) or cfg.class_num < 1:
         raise ValueError(f"config key 'class_num': expected an int >= 1, got {cfg.class_num!r}")
-    encoder = create_vit(cfg.backbone, class_num=0, image_size=cfg.image_size,
+    encoder = create_vit(cfg.backbone, 0, backend, image_size=cfg.image_size,
                          drop_rate=cfg.drop_rate, attn_drop_rate=cfg.drop_rate,
                          drop_path_rate=cfg.drop_path_rate, eps=SEGMENTER_LAYER_NORM_EPS)
     if cfg.decoder == "linear":
         decoder = LinearDecoder(cfg.class_num, encoder.embed_dim)
     else:
-        decoder = MaskTransformer(cfg.class_num, encoder.embed_dim, n_layers=cfg.decoder_layers,
+        decoder = MaskTransformer(backend, cfg.class_num, encoder.embed_dim,
+                                  n_layers=cfg.decoder_layers,
                                   dropout=cfg.decoder_dropout,
                                   drop_path_rate=cfg.decoder_drop_path_rate)
     return Segmenter(encoder, decoder)

@@ -12,6 +12,9 @@ official Segmenter (``resize_pos_embed``): class token kept, grid resampled bili
 with ``align_corners=False``, no antialiasing. (timm's own ``resample_abs_pos_embed``
 defaults to bicubic with antialias; HF transformers' ``interpolate_pos_encoding`` uses
 bicubic. Both differ numerically from this rule.)
+
+Written once against the neutral layers of a kernel backend (``backend``: a module of
+``src/models/backends``), which decides how each layer is computed.
 """
 import math
 
@@ -19,9 +22,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
-from src.models.cpu_kernels import (gelu_erf_bias_op, kernels_enabled, self_attention_op,
-                                   swap_middle_axes_op)
-from src.models.layers import GELU, DropPath, Im2ColConv2d, LayerNorm
+from src.models.layers import DropPath
 from src.utils.device import ReleasesCompileMemory
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
@@ -79,123 +80,59 @@ def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens=1):
 class PatchEmbed(nn.Cell):
     """Non-overlapping ``patch_size`` convolution: ``[B, 3, H, W]`` -> ``[B, H/p * W/p, D]``."""
 
-    def __init__(self, patch_size, embed_dim, in_channels=3):
+    def __init__(self, backend, patch_size, embed_dim, in_channels=3):
         super().__init__()
         self.patch_size = patch_size
         # torch's default Conv2d init (kaiming_uniform a=sqrt(5)); timm keeps it for ViT.
-        # Im2ColConv2d: MindSpore's CPU conv kernel is ~10x slower at this shape.
-        self.proj = Im2ColConv2d(in_channels, embed_dim, kernel_size=patch_size,
-                                 stride=patch_size, pad_mode="valid", has_bias=True,
-                                 weight_init=HeUniform(negative_slope=math.sqrt(5)),
-                                 bias_init=Zero())
-        # CPU: NCHW -> tokens without a Transpose kernel (its 8 B/element index table)
-        self.use_cpu_kernel = kernels_enabled()
-        if self.use_cpu_kernel:
-            self.swap_axes = swap_middle_axes_op()
+        self.proj = backend.PatchEmbedConv(in_channels, embed_dim, patch_size, patch_size,
+                                           weight_init=HeUniform(negative_slope=math.sqrt(5)),
+                                           bias_init=Zero())
 
     def construct(self, x):
-        x = self.proj(x)
-        b, c, h, w = x.shape
-        if self.use_cpu_kernel and x.dtype == ms.float32:
-            return self.swap_axes(x.reshape(b, c, h * w, 1)).reshape(b, h * w, c)
-        return x.reshape(b, c, h * w).transpose(0, 2, 1)
+        return self.proj(x)[0]
 
 
 class Attention(nn.Cell):
-    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v stacked in order).
+    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v stacked in order)."""
 
-    On CPU (float32, no attention dropout in training) one custom kernel (``cpu_kernels``)
-    reads q, k and v per head straight from the ``[B, N, 3, heads, head_dim]`` projection and
-    writes ``[B, N, heads, head_dim]``: no head transposes (MindSpore 2.10's CPU Transpose
-    keeps an 8 B/element index table per kernel for the graph's lifetime: ~0.5 GiB for
-    ViT-B at batch 8) and no [N, N] scores in the graph.
-    """
-
-    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
+    def __init__(self, backend, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
         self.qkv = dense(dim, dim * 3)
-        self.attn_drop = nn.Dropout(p=attn_drop)
+        self.attention = backend.SelfAttention(num_heads, dim // num_heads, attn_drop=attn_drop)
         self.proj = dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop)
-        # q @ k^T with k in its [B, heads, N, head_dim] layout: no separate transpose of k
-        self.matmul_qk = ops.BatchMatMul(transpose_b=True)
-        # primitives, not ops.matmul: its gradient adds Transposes (and their CPU index tables)
-        self.matmul_av = ops.BatchMatMul()
-        self.use_cpu_kernel = kernels_enabled()
-        if self.use_cpu_kernel:
-            self.fused_attention = self_attention_op()
-
-    def split_heads(self, t, b, n):
-        """``[B, N, heads * head_dim]`` -> ``[B, heads, N, head_dim]``."""
-        return t.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def construct(self, x):
-        b, n, c = x.shape
-        # Slice the [B, N, 3C] projection on its last axis, then move heads forward per
-        # tensor. The usual reshape to [B, N, 3, heads, hd], transpose to [3, B, heads, N, hd]
-        # and qkv[0], qkv[1], qkv[2] is far slower on CPU: MindSpore 2.10's StridedSlice on
-        # that 5-D tensor made everything between the two projections ~3x slower (ViT-B,
-        # batch 8); results are bitwise equal. (Slices rather than ops.split: as fast, and
-        # StridedSlice is what src/engine/mindir_to_onnx.py converts.)
-        qkv = self.qkv(x)
-        if self.use_cpu_kernel and qkv.dtype == ms.float32 and not (self.training and self.attn_drop.p > 0):
-            x = self.fused_attention(qkv.reshape(b, n, 3, self.num_heads, self.head_dim))[0]
-            return self.proj_drop(self.proj(x.reshape(b, n, c)))
-        q = self.split_heads(qkv[:, :, :c], b, n)
-        k = self.split_heads(qkv[:, :, c:2 * c], b, n)
-        v = self.split_heads(qkv[:, :, 2 * c:], b, n)
-        # scale q (N x hd values) rather than attn (N x N)
-        attn = self.matmul_qk(q * self.scale, k)
-        # softmax in float32 whatever the compute dtype (mixed precision safety)
-        attn = ops.softmax(attn.astype(ms.float32), axis=-1).astype(v.dtype)
-        attn = self.attn_drop(attn)
-        x = self.matmul_av(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(self.proj(self.attention(self.qkv(x))))
 
 
 class Mlp(nn.Cell):
-    """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout.
+    """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout (``fc1`` holds its activation)."""
 
-    On CPU (float32) fc1's bias is added inside the GELU kernel (``cpu_kernels``): one pass
-    over the [tokens, 4 * dim] activations instead of BiasAdd then GELU."""
-
-    def __init__(self, dim, hidden_dim, drop=0.0):
+    def __init__(self, backend, dim, hidden_dim, drop=0.0):
         super().__init__()
-        self.fc1 = dense(dim, hidden_dim)
-        self.act = GELU()
+        self.fc1 = backend.LinearGELU(dim, hidden_dim, weight_init=TruncatedNormal(0.02),
+                                      bias_init=Zero())
         self.fc2 = dense(hidden_dim, dim)
         self.drop = nn.Dropout(p=drop)
-        self.use_cpu_kernel = kernels_enabled()
-        if self.use_cpu_kernel:
-            self.fc1_matmul = ops.MatMul(transpose_b=True)
-            self.gelu_bias = gelu_erf_bias_op()
 
     def construct(self, x):
-        if self.use_cpu_kernel and x.dtype == ms.float32:
-            shape = x.shape
-            h = self.fc1_matmul(x.reshape(-1, shape[-1]), self.fc1.weight)
-            x = self.gelu_bias(h, self.fc1.bias).reshape(shape[:-1] + (-1,))
-        else:
-            x = self.act(self.fc1(x))
-        return self.drop(self.fc2(self.drop(x)))
+        return self.drop(self.fc2(self.drop(self.fc1(x))))
 
 
 class Block(nn.Cell):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop=0.0, attn_drop=0.0, drop_path=0.0,
-                 eps=TIMM_LAYER_NORM_EPS):
+    def __init__(self, backend, dim, num_heads, mlp_ratio=4.0, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0, eps=TIMM_LAYER_NORM_EPS):
         super().__init__()
-        self.norm1 = LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.norm1 = backend.LayerNorm(dim, eps=eps)
+        self.attn = Attention(backend, dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm2 = backend.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(backend, dim, int(dim * mlp_ratio), drop=drop)
 
     def construct(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -210,8 +147,8 @@ class VisionTransformer(ReleasesCompileMemory):
     multiples of the patch size.
     """
 
-    def __init__(self, patch_size, embed_dim, depth, num_heads, image_size, class_num=1000,
-                 mlp_ratio=4.0, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
+    def __init__(self, backend, patch_size, embed_dim, depth, num_heads, image_size,
+                 class_num=1000, mlp_ratio=4.0, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0,
                  eps=TIMM_LAYER_NORM_EPS):
         super().__init__()
         image_size = to_2tuple(image_size, "image_size")
@@ -225,7 +162,7 @@ class VisionTransformer(ReleasesCompileMemory):
         self.grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
 
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.patch_embed = PatchEmbed(backend, patch_size, embed_dim)
         self.cls_token = ms.Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dim),
                                                   ms.float32), name="cls_token")
         self.pos_embed = ms.Parameter(initializer(TruncatedNormal(0.02),
@@ -234,10 +171,10 @@ class VisionTransformer(ReleasesCompileMemory):
         self.pos_drop = nn.Dropout(p=drop_rate)
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.CellList([
-            Block(embed_dim, num_heads, mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate,
-                  drop_path=rates[i], eps=eps)
+            Block(backend, embed_dim, num_heads, mlp_ratio, drop=drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=rates[i], eps=eps)
             for i in range(depth)])
-        self.norm = LayerNorm(embed_dim, eps=eps)
+        self.norm = backend.LayerNorm(embed_dim, eps=eps)
         self.head = dense(embed_dim, class_num) if class_num > 0 else None
 
     def forward_features(self, x):
@@ -269,8 +206,8 @@ def vit_settings(backbone):
     return dict(VIT_SETTINGS[backbone])
 
 
-def create_vit(backbone, class_num, image_size=None, drop_rate=0.0, drop_path_rate=0.0,
-               eps=TIMM_LAYER_NORM_EPS, attn_drop_rate=0.0):
+def create_vit(backbone, class_num, backend, image_size=None, drop_rate=0.0,
+               drop_path_rate=0.0, eps=TIMM_LAYER_NORM_EPS, attn_drop_rate=0.0):
     """A ViT of a named variant; ``image_size`` (int or [H, W]) overrides the pretraining
     size that fixes the ``pos_embed`` grid; ``class_num=0`` builds the encoder only."""
     settings = vit_settings(backbone)
@@ -278,14 +215,14 @@ def create_vit(backbone, class_num, image_size=None, drop_rate=0.0, drop_path_ra
         settings["image_size"] = image_size
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
         raise ValueError(f"config key 'class_num': expected a non-negative int, got {class_num!r}")
-    return VisionTransformer(class_num=class_num, drop_rate=drop_rate,
+    return VisionTransformer(backend, class_num=class_num, drop_rate=drop_rate,
                              attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                              eps=eps, **settings)
 
 
-def build_vit(cfg):
+def build_vit(cfg, backend):
     """The ViT classifier of ``cfg.backbone`` with ``cfg.class_num`` outputs."""
     if cfg.class_num < 1:
         raise ValueError(f"config key 'class_num': a classifier needs >= 1 class, got {cfg.class_num}")
-    return create_vit(cfg.backbone, cfg.class_num, image_size=cfg.image_size,
+    return create_vit(cfg.backbone, cfg.class_num, backend, image_size=cfg.image_size,
                       drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)

@@ -27,6 +27,8 @@ DEFAULTS = {
     "device_target": "CPU",          # Ascend | GPU | CPU
     "device_id": 0,                  # overridden by the DEVICE_ID env var in scripts
     "mode": "GRAPH",                 # GRAPH | PYNATIVE
+    "kernel_backend": "auto",        # auto | reference | cpu (src/models/backends; export
+                                     # always builds reference)
     "seed": 1,
     "output_dir": "./output/",       # train.log and run artefacts go here
 

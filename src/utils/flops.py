@@ -48,7 +48,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.models.layers import DropPath, LayerNorm
+from src.models.backends.reference import LayerNorm
+from src.models.layers import DropPath
 
 
 class FlopCountError(RuntimeError):
@@ -125,9 +126,14 @@ INTERPOLATE_TAPS = {"nearest": 1, "linear": 2, "bilinear": 4, "bicubic": 16, "tr
 
 
 def _leaf_rule(cell):
+    """The rule of the nearest class in ``cell``'s MRO that has one, unless a class before it
+    defines its own ``construct`` (a layer built on ``nn.Conv2d`` that also changes layout,
+    say): that cell runs for real, and the operators it calls are counted."""
     for klass in type(cell).__mro__:
         if klass in LEAF_RULES:
             return LEAF_RULES[klass]
+        if "construct" in vars(klass):
+            return None
     return None
 
 
@@ -258,7 +264,24 @@ class _Counter:
             return lambda x, y: self.matmul(x, y, prim.transpose_a, prim.transpose_b)
         if isinstance(prim, ops.Softmax):
             return lambda x: x
+        if isinstance(prim, ops.Conv2D):
+            return lambda x, w: self.conv2d(prim, x, w)
+        if isinstance(prim, ops.BiasAdd):
+            return lambda x, b: x
         return None
+
+    def conv2d(self, prim, x, weight):
+        """The ``Conv2D`` primitive of an ``nn.Conv2d`` whose ``construct`` is its own."""
+        out_channels, in_per_group, kh, kw = weight.shape
+        pad = prim.pad if prim.pad_mode.lower() == "pad" else 0
+        top, bottom, left, right = (pad,) * 4 if isinstance(pad, int) else tuple(pad)
+        strides, dilations = prim.stride[-2:], prim.dilation[-2:]
+        out_h = _conv_out_size(x.shape[2], kh, strides[0], dilations[0], prim.pad_mode.lower(),
+                               top, bottom)
+        out_w = _conv_out_size(x.shape[3], kw, strides[1], dilations[1], prim.pad_mode.lower(),
+                               left, right)
+        self.add("conv", x.shape[0] * out_channels * out_h * out_w * in_per_group * kh * kw)
+        return ops.zeros((x.shape[0], out_channels, out_h, out_w), x.dtype)
 
     # -- Cell wrappers ----------------------------------------------------------------
     def leaf(self, name, cell, op, rule):
@@ -296,7 +319,7 @@ def _report_call(primitive, label, uncounted):
 @contextlib.contextmanager
 def _stand_ins(net, counter):
     """Swap kernels for counting stand-ins; everything is restored on exit."""
-    wrapped, swapped, uncounted = [], [], []
+    wrapped, swapped, uncounted, param_leaves = [], [], [], []
     saved_ops = {name: getattr(ops, name) for name in FUNCTIONAL_STAND_INS}
     try:
         for name, cell in net.cells_and_names():
@@ -306,7 +329,7 @@ def _stand_ins(net, counter):
             else:
                 construct = counter.composite(name, cell)
                 if not cell.name_cells() and any(True for _ in cell.get_parameters(expand=False)):
-                    uncounted.append(f"{name} ({type(cell).__name__})")
+                    param_leaves.append((name, f"{name} ({type(cell).__name__})"))
                 for attr, value in list(vars(cell).items()):
                     if isinstance(value, ops.Primitive):
                         stand_in = counter.primitive(value)
@@ -320,6 +343,9 @@ def _stand_ins(net, counter):
         for name in FUNCTIONAL_STAND_INS:
             setattr(ops, name, getattr(counter, name))
         yield uncounted
+        # a leaf with parameters but no rule of its own is counted when its operators were
+        counted = {scope for scope, _, _ in counter.records}
+        uncounted[:0] = [label for name, label in param_leaves if name not in counted]
     finally:
         for name, fn in saved_ops.items():
             setattr(ops, name, fn)
@@ -342,25 +368,14 @@ def count_params(net):
     return trainable, total - trainable
 
 
-# Switches of the fast paths that compute the same function with other operations: the
-# folded SegFormer head (fewer MACs than the published model) and the custom CPU kernels
-# (opaque to the counter). Counting runs the layers as published.
-_FAST_PATH_SWITCHES = (("fold_fuse", False), ("use_cpu_kernel", False))
-
-
-@contextlib.contextmanager
-def _layer_by_layer(net):
-    saved = []
-    for _, cell in net.cells_and_names():
-        for name, value in _FAST_PATH_SWITCHES:
-            if hasattr(cell, name):
-                saved.append((cell, name, getattr(cell, name)))
-                setattr(cell, name, value)
-    try:
-        yield
-    finally:
-        for cell, name, value in saved:
-            setattr(cell, name, value)
+def _check_reference_backend(net):
+    """Counting needs the layers as published: the reference kernel backend (the cpu
+    backend's custom kernels are opaque to the counter, and its SegFormer head is folded)."""
+    for name, cell in net.cells_and_names():
+        if type(cell).__module__ == "src.models.backends.cpu":
+            raise FlopCountError(f"layer '{name}' ({type(cell).__name__}) is from the cpu kernel "
+                                 "backend: build the network with kernel_backend: reference "
+                                 "to count it")
 
 
 def count_model(net, input_shape):
@@ -369,6 +384,7 @@ def count_model(net, input_shape):
     if ms.get_context("mode") != ms.PYNATIVE_MODE:
         raise FlopCountError("count_model runs the network's Python code: call "
                              "ms.set_context(mode=ms.PYNATIVE_MODE) first")
+    _check_reference_backend(net)
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 4 or min(input_shape) < 1:
         raise FlopCountError(f"input shape must be (N, C, H, W) with positive sizes, got {input_shape}")
@@ -376,7 +392,7 @@ def count_model(net, input_shape):
     net.set_train(False)
     counter = _Counter()
     try:
-        with _layer_by_layer(net), _stand_ins(net, counter) as uncounted:
+        with _stand_ins(net, counter) as uncounted:
             out = net(ops.zeros(input_shape, ms.float32))
     finally:
         net.set_train(was_training)

@@ -41,3 +41,25 @@ def test_two_ranks(data_parallel):
     with pytest.raises(ValueError, match="'sync_bn': SyncBatchNorm is not available on "
                                          "device_target 'CPU'"):
         batch_norm_2d(8, sync_bn=True)
+
+
+def test_sync_bn_is_refused_on_gpu_too(data_parallel):
+    """MindSpore 2.10's SyncBatchNorm documents Ascend only."""
+    data_parallel(2)
+    with pytest.raises(ValueError, match="device_target 'GPU'.*Ascend only"):
+        batch_norm_2d(8, sync_bn=True, device_target="GPU")
+
+
+def test_batchnorm_running_statistics_follow_torch_momentum():
+    """The head BatchNorm's running statistics update as torch's BatchNorm2d (momentum 0.1)."""
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 6)).astype(np.float32) * 2 + 1
+    ours = batch_norm_2d(3)
+    ours.set_train(True)
+    ours(ms.Tensor(x))
+    ref = torch.nn.BatchNorm2d(3).train()
+    ref(torch.from_numpy(x))
+    np.testing.assert_allclose(ours.moving_mean.asnumpy(), ref.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance.asnumpy(), ref.running_var.numpy(), rtol=1e-5)

@@ -7,7 +7,9 @@ import mindspore as ms
 from mindspore import nn
 
 from src.engine.amp import AmpConfigError, apply_amp, build_loss_scaler, check_amp_config
-from src.engine.loss import ClassificationCrossEntropy, SegmentationCrossEntropy
+from src.engine.loss import ClassificationCrossEntropy
+from src.models.backends import load_backend, resolve_backend
+from src.models.backends.reference import LayerNorm, SegmentationCrossEntropy
 from src.engine.optim import build_optimizer
 from src.engine.train_step import TrainStep
 from src.utils.config import load_config
@@ -156,15 +158,17 @@ def test_nan_input_to_segformer_takes_the_overflow_path():
 def test_amp_levels_keep_batchnorm_in_float32_and_run_on_cpu():
     """O2: Dense/Conv compute in fp16, BatchNorm in fp32; O3: BatchNorm too in fp16. A
     training-mode forward+backward (DropPath, dropout active) of the SegFormer layer types
-    runs at every level on the CPU backend."""
-    from src.models.layers import LayerNorm
+    runs at every level on a CPU device, on the backend ``kernel_backend: auto`` picks there
+    (cpu for O0-O2, reference for O3, whose float16 casts the float32 kernels cannot take)."""
 
     images = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
     labels = ms.Tensor(np.random.default_rng(2).integers(0, 4, (2, 64, 64)).astype(np.int32))
     losses = {}
     for level in ("O0", "O1", "O2", "O3"):
         ms.set_seed(0)
-        net = tiny_segformer(drop_path_rate=0.2)
+        backend = resolve_backend("auto", "CPU", level)
+        assert backend == ("reference" if level == "O3" else "cpu")
+        net = tiny_segformer(drop_path_rate=0.2, kernel_backend=backend)
         seen = {}
 
         def hook(cell, inputs, outputs, seen=seen):
@@ -175,7 +179,7 @@ def test_amp_levels_keep_batchnorm_in_float32_and_run_on_cpu():
                 cell.register_forward_hook(hook)
         amp_net = apply_amp(net, level)
         amp_net.set_train(True)
-        loss_fn = SegmentationCrossEntropy(255)
+        loss_fn = load_backend(backend).SegmentationCrossEntropy(255)
         grad_fn = ms.value_and_grad(lambda x, y: loss_fn(amp_net(x), y), None, net.trainable_params())
         loss, grads = grad_fn(images, labels)
         assert np.isfinite(float(loss.asnumpy())), level

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import mindspore as ms
 from mindspore import nn
 
-from src.engine.loss import ClassificationCrossEntropy, SegmentationCrossEntropy, build_loss
+from src.engine.loss import ClassificationCrossEntropy, build_loss
+from src.models.backends import load_backend
 from src.utils.config import load_config
 from tests.engine.train_helpers import pynative_mode  # noqa: F401 (autouse)
 
@@ -34,11 +35,8 @@ class GraphValueAndGrad(nn.Cell):
         return self.grad_fn(logits, labels)
 
 
-def seg_value_and_grad(mode, path, logits, labels):
-    loss_fn = SegmentationCrossEntropy(255)
-    loss_fn.composed = path != "fused"
-    if path == "cpu_no_kernels":
-        loss_fn.use_cpu_kernel = False
+def seg_value_and_grad(mode, kernel_backend, logits, labels):
+    loss_fn = load_backend(kernel_backend).SegmentationCrossEntropy(255)
     if mode == "PYNATIVE":
         return ms_value_and_grad(loss_fn, logits, labels)
     ms.set_context(mode=ms.GRAPH_MODE)  # the autouse fixture restores PYNATIVE
@@ -54,7 +52,6 @@ def torch_seg_value_and_grad(logits, labels):
 
 
 @pytest.mark.parametrize("mode", ["PYNATIVE", "GRAPH"])
-@pytest.mark.parametrize("path", ["cpu_composed", "cpu_no_kernels", "fused"])
 @pytest.mark.parametrize("logits_hw, labels_hw", [
     ((6, 7), (13, 17)),   # non-integer factors, odd sizes
     ((8, 8), (32, 32)),   # 4x as SegFormer's 1/4-resolution logits
@@ -63,7 +60,7 @@ def torch_seg_value_and_grad(logits, labels):
     ((8, 6), (4, 3)),     # downsampling
     ((9, 9), (9, 9)),     # logits at the label size (Segmenter): no resize
 ])
-def test_segmentation_ce_value_and_grad_like_torch(mode, path, logits_hw, labels_hw):
+def test_segmentation_ce_value_and_grad_like_torch(mode, kernel_backend, logits_hw, labels_hw):
     # torch: F.interpolate(bilinear, align_corners=False) + F.cross_entropy(ignore_index=255)
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((3, 5) + logits_hw).astype(np.float32) * 3
@@ -71,7 +68,7 @@ def test_segmentation_ce_value_and_grad_like_torch(mode, path, logits_hw, labels
     labels[0, :2] = 255      # some ignored pixels
     labels[1] = 255          # a batch element without any valid pixel
     labels[2, :, -1:] = 255
-    ours = seg_value_and_grad(mode, path, logits, labels)
+    ours = seg_value_and_grad(mode, kernel_backend, logits, labels)
     ref = torch_seg_value_and_grad(logits, labels)
     assert ours[0] == pytest.approx(ref[0], rel=1e-5)
     # atol: softmax - onehot cancels to ~0 at some pixels; float32 rounding there (either
@@ -81,28 +78,29 @@ def test_segmentation_ce_value_and_grad_like_torch(mode, path, logits_hw, labels
 
 
 @pytest.mark.parametrize("mode", ["PYNATIVE", "GRAPH"])
-def test_segmentation_ce_large_logits_like_torch(mode):
+def test_segmentation_ce_large_logits_like_torch(mode, kernel_backend):
     # the per-pixel max shift keeps exp in range: logits of +-1e4 give torch's finite values
     rng = np.random.default_rng(4)
     logits = rng.standard_normal((2, 4, 4, 4)).astype(np.float32) * 1e4
     labels = rng.integers(0, 4, (2, 16, 16)).astype(np.int32)
     labels[1, 3:] = 255
-    ours = seg_value_and_grad(mode, "cpu_composed", logits, labels)
+    ours = seg_value_and_grad(mode, kernel_backend, logits, labels)
     ref = torch_seg_value_and_grad(logits, labels)
     assert np.isfinite(ours[0]) and ours[0] == pytest.approx(ref[0], rel=1e-5)
     np.testing.assert_allclose(ours[1], ref[1], rtol=1e-4, atol=1e-5 * np.abs(ref[1]).max())
 
 
-def test_segmentation_ce_same_size_fp16_logits_and_all_ignored():
+def test_segmentation_ce_same_size_fp16_logits_and_all_ignored(kernel_backend):
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((1, 3, 4, 4)).astype(np.float16)
     labels = rng.integers(0, 3, (1, 4, 4)).astype(np.int32)
-    loss = SegmentationCrossEntropy(255)(ms.Tensor(logits), ms.Tensor(labels))
+    loss_cls = load_backend(kernel_backend).SegmentationCrossEntropy
+    loss = loss_cls(255)(ms.Tensor(logits), ms.Tensor(labels))
     assert loss.dtype == ms.float32  # computed in float32 whatever the compute dtype
     ref = F.cross_entropy(torch.tensor(logits.astype(np.float32)), torch.tensor(labels, dtype=torch.long))
     assert float(loss.asnumpy()) == pytest.approx(float(ref), rel=1e-5)
     # no valid pixel: 0 with zero gradients (torch would give NaN), so no spurious overflow
-    value, grad = ms_value_and_grad(SegmentationCrossEntropy(255), logits.astype(np.float32),
+    value, grad = ms_value_and_grad(loss_cls(255), logits.astype(np.float32),
                                     np.full((1, 4, 4), 255, np.int32))
     assert value == 0.0 and not grad.any()
 
@@ -130,8 +128,9 @@ def test_classification_ce_soft_targets_used_as_given_like_torch():
     np.testing.assert_allclose(ours[1], ref[1], rtol=1e-4, atol=1e-7)
 
 
-def test_build_loss_by_model_family():
-    assert isinstance(build_loss(load_config("", ["--model=segformer"])), SegmentationCrossEntropy)
+def test_build_loss_by_model_family_on_the_configured_backend(kernel_backend):
+    loss = build_loss(load_config("", ["--model=segformer", f"--kernel_backend={kernel_backend}"]))
+    assert type(loss) is load_backend(kernel_backend).SegmentationCrossEntropy
     assert isinstance(build_loss(load_config("", ["--model=vit"])), ClassificationCrossEntropy)
     with pytest.raises(ValueError, match="label_smooth_factor"):
         build_loss(load_config("", ["--model=vit", "--label_smooth_factor=1.5"]))

@@ -12,17 +12,19 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def tiny_segformer(class_num=4, drop_path_rate=0.2):
+def tiny_segformer(class_num=4, drop_path_rate=0.2, kernel_backend="cpu"):
     """The SegFormer layer types (overlap patch embed, efficient attention, Mix-FFN with
     depthwise conv, LayerNorm, BatchNorm head) at a few thousand parameters."""
+    from src.models.backends import load_backend
     from src.models.mit import MixVisionTransformer
     from src.models.segformer import SegFormer
     from src.models.segformer_head import SegFormerHead
 
+    backend = load_backend(kernel_backend)
     dims = (8, 16, 16, 16)
-    backbone = MixVisionTransformer(dims, num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1),
+    backbone = MixVisionTransformer(backend, dims, num_heads=(1, 1, 1, 1), depths=(1, 1, 1, 1),
                                     drop_path_rate=drop_path_rate)
-    return SegFormer(backbone, SegFormerHead(dims, 16, class_num, dropout=0.1))
+    return SegFormer(backbone, SegFormerHead(backend, dims, 16, class_num, dropout=0.1))
 
 
 def _load_tool(name):

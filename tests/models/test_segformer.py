@@ -10,7 +10,8 @@ from mindspore.nn.utils import no_init_parameters
 from transformers import SegformerForSemanticSegmentation
 
 from src.models import build_model
-from src.models.layers import LayerNorm
+from conftest import KERNEL_BACKENDS
+from src.models.backends.reference import LayerNorm
 from src.utils.checkpoint import load_into_net
 from src.utils.config import load_config
 from tests.segformer_oracle import (hf_config, hf_segformer, hub_state_dict, ms_name, rel_err,
@@ -81,15 +82,15 @@ def test_unknown_backbone_is_a_clear_error():
         segformer("mit_b9")
 
 
-@pytest.fixture(scope="module")
-def b0_pair():
-    """(HF reference, our B0 holding the same weights)."""
+@pytest.fixture(scope="module", params=KERNEL_BACKENDS)
+def b0_pair(request):
+    """(HF reference, our B0 holding the same weights), on each kernel backend."""
     ref = hf_segformer("mit_b0", seed=3)
     with tempfile.TemporaryDirectory() as tmp:
         state = to_nvlabs(hub_state_dict(ref, tmp))
     params = {ms_name(k): ms.Parameter(v.numpy(), name=ms_name(k)) for k, v in state.items()
               if not k.endswith("num_batches_tracked")}
-    net = segformer("mit_b0")
+    net = segformer("mit_b0", f"--kernel_backend={request.param}")
     load_into_net(net, params, strict=True)
     net.set_train(False)
     return ref, net
@@ -122,8 +123,8 @@ def test_graph_mode_matches_pynative(b0_pair):
     assert rel_err(graph, eager) < 1e-5
 
 
-def test_train_mode_runs_stochastic_depth_and_dropout():
-    net = segformer("mit_b0", "--drop_path_rate=0.5")
+def test_train_mode_runs_stochastic_depth_and_dropout(kernel_backend):
+    net = segformer("mit_b0", "--drop_path_rate=0.5", f"--kernel_backend={kernel_backend}")
     net.set_train(True)
     x = ms.Tensor(np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype(np.float32))
     a, b = net(x).asnumpy(), net(x).asnumpy()

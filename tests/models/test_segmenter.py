@@ -31,7 +31,7 @@ def hf_encoder():
     return hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)
 
 
-def _convert_and_build(tmp_path, state, decoder):
+def _convert_and_build(tmp_path, state, decoder, kernel_backend):
     """Official checkpoint layout ({'model': state_dict, ...}) -> converter -> our net."""
     pth = tmp_path / "segmenter.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}, "epoch": 7}, pth)
@@ -40,6 +40,7 @@ def _convert_and_build(tmp_path, state, decoder):
     assert (cfg.model, cfg.decoder, cfg.class_num, cfg.image_size) == ("segmenter", decoder,
                                                                        CLASSES, 32)
     assert summary["skipped"] == ["encoder.head.bias", "encoder.head.weight"]
+    cfg.kernel_backend = kernel_backend
     net = build_model(cfg)
     load_into_net(net, load_checkpoint(str(tmp_path / "segmenter.ckpt")), strict=True)
     net.set_train(False)
@@ -47,10 +48,11 @@ def _convert_and_build(tmp_path, state, decoder):
 
 
 @pytest.mark.parametrize("decoder", ["mask_transformer", "linear"])
-def test_logits_match_reference(hf_encoder, tmp_path, decoder):
+def test_logits_match_reference(hf_encoder, tmp_path, decoder, kernel_backend):
     ref_decoder = (MaskTransformerRef(CLASSES, 192, n_layers=2, seed=3) if decoder != "linear"
                    else LinearDecoderRef(CLASSES, 192, seed=3)).eval()
-    net = _convert_and_build(tmp_path, official_segmenter_state(hf_encoder, ref_decoder), decoder)
+    net = _convert_and_build(tmp_path, official_segmenter_state(hf_encoder, ref_decoder), decoder,
+                             kernel_backend)
     image = np.random.default_rng(0).standard_normal((2, 3, 40, 50)).astype(np.float32)
     ref = segmenter_reference(hf_encoder, ref_decoder, torch.from_numpy(image), 16, (2, 2)).numpy()
     ours = net(ms.Tensor(image)).asnumpy()
@@ -58,11 +60,11 @@ def test_logits_match_reference(hf_encoder, tmp_path, decoder):
     assert rel_err(ours, ref) < 1e-4
 
 
-def test_mask_transformer_matches_reference_in_graph_mode(hf_encoder, tmp_path):
+def test_mask_transformer_matches_reference_in_graph_mode(hf_encoder, tmp_path, kernel_backend):
     """The compiled graph against the reference too (encoder and decoder attention)."""
     ref_decoder = MaskTransformerRef(CLASSES, 192, n_layers=2, seed=4).eval()
     net = _convert_and_build(tmp_path, official_segmenter_state(hf_encoder, ref_decoder),
-                             "mask_transformer")
+                             "mask_transformer", kernel_backend)
     image = np.random.default_rng(1).standard_normal((2, 3, 40, 50)).astype(np.float32)
     ref = segmenter_reference(hf_encoder, ref_decoder, torch.from_numpy(image), 16, (2, 2)).numpy()
     ms.set_context(mode=ms.GRAPH_MODE)

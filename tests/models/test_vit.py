@@ -8,6 +8,7 @@ import mindspore as ms
 from mindspore.nn.utils import no_init_parameters
 from safetensors.numpy import save_file
 
+from conftest import KERNEL_BACKENDS
 from src.models import build_model
 from src.models.layers import DropPath
 from src.models.vit import VIT_SETTINGS, resize_pos_embed
@@ -46,10 +47,11 @@ def test_settings_table_has_every_variant():
     assert set(VIT_SETTINGS) == names
 
 
-@pytest.fixture(scope="module")
-def converted_tiny(tmp_path_factory):
+@pytest.fixture(scope="module", params=KERNEL_BACKENDS)
+def converted_tiny(tmp_path_factory, request):
     """HF ViT-Ti/16 (random, 10 classes, pretrained at 32x32) -> timm names (.safetensors)
-    -> tools' converter (variant read from the shapes) -> our ViT with the weights."""
+    -> tools' converter (variant read from the shapes) -> our ViT with the weights, on
+    each kernel backend."""
     hf = hf_vit("tiny", patch=16, image_size=32, num_labels=10)
     tmp = tmp_path_factory.mktemp("vit")
     save_file(hf_to_timm(hf.state_dict()), str(tmp / "vit_tiny.safetensors"))
@@ -58,6 +60,7 @@ def converted_tiny(tmp_path_factory):
     cfg = summary["cfg"]
     assert (cfg.model, cfg.class_num, cfg.image_size) == ("vit", 10, 32)
     assert cfg.backbone.startswith("vit_tiny_patch16_")
+    cfg.kernel_backend = request.param
     net = build_model(cfg)
     load_into_net(net, load_checkpoint(str(tmp / "vit_tiny.ckpt")), strict=True)
     net.set_train(False)
@@ -130,8 +133,8 @@ def test_input_not_a_multiple_of_the_patch_is_an_error():
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE], ids=["pynative", "graph"])
 def test_training_gradients_match_hf(converted_tiny, mode):
-    """Every parameter gradient in training mode (no dropout): on CPU the attention is the
-    fused kernel with its own backward, the MLP the GELU+bias kernel."""
+    """Every parameter gradient in training mode (no dropout): on the cpu backend the
+    attention is the fused kernel with its own backward, the MLP the GELU+bias kernel."""
     hf, net = converted_tiny
     rng = np.random.default_rng(3)
     image = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)

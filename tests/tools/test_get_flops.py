@@ -34,7 +34,10 @@ def load_tool():
 
 
 def config(name, *overrides):
-    return load_config(os.path.join(ROOT, "config", name), list(overrides))
+    """The config on the reference kernel backend: the layers as published, which is what
+    the counter counts (get_flops.py builds it so)."""
+    return load_config(os.path.join(ROOT, "config", name),
+                       ["--kernel_backend=reference", *overrides])
 
 
 def torch_macs(fn):
@@ -104,7 +107,8 @@ def test_segmenter_matches_reference_with_padding_and_resized_pos_embed():
     image = torch.zeros(1, 3, 40, 50)        # padded to 48x64 -> 3x4 grid, pos embed 2x2 -> 3x4
     expected = torch_macs(lambda: segmenter_reference(hf_encoder, decoder, image, 16, (2, 2)))
     cfg = load_config("", ["--model=segmenter", "--backbone=vit_tiny_patch16_384",
-                           "--image_size=32", f"--class_num={classes}"])
+                           "--image_size=32", f"--class_num={classes}",
+                           "--kernel_backend=reference"])
     net = build_model(cfg)
     report = count_model(net, (1, 3, 40, 50))
     assert core_macs(report) == expected
@@ -133,6 +137,13 @@ def test_per_module_table_adds_up_and_the_network_is_left_intact():
     assert dict(report.partition(2))["decode_head (own)"] == 4 * 3 * 256 * 16 * 32
     table = report.table(max_depth=1)
     assert "backbone" in table and "decode_head" in table and "backbone.block1" not in table
+
+
+def test_cpu_backend_network_is_refused():
+    net = build_model(config("segformer.b0.demo.yaml", "--kernel_backend=cpu"))
+    with pytest.raises(FlopCountError, match="'backbone.patch_embed1.proj'.*cpu kernel backend.*"
+                                             "kernel_backend: reference"):
+        count_model(net, (1, 3, 64, 64))
 
 
 def test_graph_mode_is_refused():

@@ -2,19 +2,16 @@
 bilinear resize, multi-head attention.
 
 MindSpore 2.10's CPU kernels for exact GELU (Erf), grouped convolution and LayerNorm are
-3-30x slower than PyTorch's at SegFormer/ViT shapes (benchmarks/bench_models.py,
-../shared/notes/perf.md). ``src/models/csrc/cpu_kernels.cc`` implements them (forward and
-backward) as ``ops.Custom(func_type="aot")`` kernels; this module compiles that file once
-per machine with the system C++ compiler and wraps the entry points as Primitives with
-their gradients. The attention kernels are there for memory as much as for speed: they
-read the heads in place (no Transposes, whose CPU kernels keep an 8 B/element index table
-for the graph's lifetime) and never store the [queries, keys] scores.
+3-30x slower than PyTorch's at SegFormer/ViT shapes (benchmarks/bench_models.py).
+``csrc/cpu_kernels.cc`` implements them (forward and backward) as
+``ops.Custom(func_type="aot")`` kernels; this module compiles that file once per machine
+with the system C++ compiler and wraps the entry points as Primitives with their
+gradients. The attention kernels are there for memory as much as for speed: they read the
+heads in place (no Transposes, whose CPU kernels keep an 8 B/element index table for the
+graph's lifetime) and never store the [queries, keys] scores.
 
-When the fast path is used (``kernels_enabled()``): device_target CPU, float32 inputs, the
-environment variable ``MS_SEG_CPU_KERNELS`` not ``0``, and the library compiled. Otherwise
-the layers (``src/models/layers.py``, ``mit.py``, ``vit.py``) run standard MindSpore ops, which is also what every
-exported MINDIR contains (``disable_kernels(net)`` before export). A missing compiler is
-not an error: a warning, then the standard ops.
+Only the cpu backend (``cpu.py``) uses them; ``kernel_backend: auto`` picks that backend on
+a CPU device when the library builds (``build_library``), the reference backend otherwise.
 
 The compiled library is cached in ``$MS_SEG_KERNEL_CACHE`` (default
 ``~/.cache/ms_segformer/kernels``) under a name that hashes the source, the compiler
@@ -31,13 +28,10 @@ import os
 import platform
 import subprocess
 import tempfile
-import warnings
 
-import mindspore as ms
 from mindspore import ops
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
-ENV_SWITCH = "MS_SEG_CPU_KERNELS"
 ENV_CACHE = "MS_SEG_KERNEL_CACHE"
 ENV_MARCH = "MS_SEG_KERNEL_MARCH"
 
@@ -73,8 +67,9 @@ def _cache_dir():
 
 
 @functools.lru_cache(maxsize=None)
-def library_path():
-    """Path of the compiled kernel library, building it on first use; None if that fails."""
+def build_library():
+    """``(path, None)`` of the compiled kernel library, building it on first use, or
+    ``(None, reason)`` when it cannot be built (no compiler, a compile error)."""
     cxx = os.environ.get("CXX", "g++")
     flags = compiler_flags()
     try:
@@ -86,7 +81,7 @@ def library_path():
         cache = _cache_dir()
         path = os.path.join(cache, f"cpu_kernels_{key}.so")
         if os.path.isfile(path):
-            return path
+            return path, None
         os.makedirs(cache, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".cpu_kernels_", suffix=".so")
         os.close(fd)
@@ -100,29 +95,19 @@ def library_path():
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        return path
+        return path, None
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
-        warnings.warn(f"CPU kernels unavailable ({err}); using standard MindSpore ops, which "
-                      f"are slower on CPU. Install a C++ compiler (g++), or set "
-                      f"{ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=2)
-        return None
+        return None, str(err)
 
 
-def kernels_enabled():
-    """True when layers built now should use the custom CPU kernels (see module doc)."""
-    if ms.get_context("device_target") != "CPU":
-        return False
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return library_path() is not None
+def library_path():
+    """Path of the compiled kernel library, or None when it cannot be built."""
+    return build_library()[0]
 
 
-def disable_kernels(net):
-    """Switch every layer of ``net`` to standard MindSpore ops (before ``ms.export``:
-    a MINDIR must not depend on this machine's compiled library)."""
-    for _, cell in net.cells_and_names():
-        if hasattr(cell, "use_cpu_kernel"):
-            cell.use_cpu_kernel = False
+def build_error():
+    """Why the library could not be built (None when it was)."""
+    return build_library()[1]
 
 
 def _custom(name, out_shape, out_dtype, bprop=None):

@@ -1,11 +1,9 @@
-"""SegFormer's rewritten computations against PyTorch (independent oracle), in training.
+"""SegFormer in training against PyTorch (independent oracle), on each kernel backend.
 
-The decode head folds the fuse conv into the per-stage linears and computes the bilinear
-upsampling's gradient as matmuls (``segformer_head``); the MiT attention computes the
-spatial reduction from the tokens, the patch embeddings as one token-layout product and
-the softmax gradient with a matmul (``mit``). The eval-mode parity tests in
-test_segformer.py cover the forward at inference; these check training mode (BatchNorm
-batch statistics) and every gradient, in both execution modes.
+The eval-mode parity tests in test_segformer.py cover the forward at inference; these check
+training mode (BatchNorm batch statistics) and every gradient, in both execution modes. On
+the cpu backend this covers its rewrites (the folded decode head, the spatial reduction from
+the tokens, the token-layout patch embeddings, the custom kernels and their gradients).
 """
 import tempfile
 
@@ -16,7 +14,7 @@ import torch
 from mindspore import nn
 
 from src.models import build_model
-from src.models.mit import Softmax
+from src.models.backends.cpu import Softmax
 from src.utils.checkpoint import load_into_net
 from src.utils.config import load_config
 from tests.segformer_oracle import hf_segformer, hub_state_dict, ms_name, rel_err, to_nvlabs
@@ -55,7 +53,7 @@ def torch_grads_by_our_name(ref, hub):
 
 
 @pytest.mark.parametrize("size", [(64, 96), (70, 101)], ids=["divisible_by_32", "not_divisible"])
-def test_training_forward_and_gradients_match_reference(mode, size):
+def test_training_forward_and_gradients_match_reference(mode, size, kernel_backend):
     ref = hf_segformer("mit_b0", seed=5)
     with tempfile.TemporaryDirectory() as tmp:
         hub = hub_state_dict(ref, tmp)
@@ -63,7 +61,7 @@ def test_training_forward_and_gradients_match_reference(mode, size):
     params = {ms_name(k): ms.Parameter(v.numpy(), name=ms_name(k)) for k, v in state.items()
               if not k.endswith("num_batches_tracked")}
     net = build_model(load_config("", ["--backbone=mit_b0", "--drop_path_rate=0",
-                                       "--decoder_dropout=0"]))
+                                       "--decoder_dropout=0", f"--kernel_backend={kernel_backend}"]))
     load_into_net(net, params, strict=True)
     ref.train()
     for module in ref.modules():  # training mode without randomness: no dropout/drop path
@@ -121,7 +119,7 @@ def test_softmax_gradient_matches_torch(mode):
     assert rel_err(dx.asnumpy(), xt.grad.numpy()) < 1e-5
 
 
-def test_folded_head_equals_layer_by_layer_head_under_amp():
+def test_folded_head_equals_layer_by_layer_head_under_amp(kernel_backend):
     """fold_fuse on/off give the same logits in eval (BatchNorm folded) and training, in
     float32 and under amp O2 (where the BatchNorm is wrapped and runs as a layer)."""
     from src.engine.amp import apply_amp
@@ -133,7 +131,8 @@ def test_folded_head_equals_layer_by_layer_head_under_amp():
         outs = {}
         for fold in (True, False):
             ms.set_seed(0)
-            net = build_model(load_config("", ["--backbone=mit_b0", "--decoder_dropout=0"]))
+            net = build_model(load_config("", ["--backbone=mit_b0", "--decoder_dropout=0",
+                                               f"--kernel_backend={kernel_backend}"]))
             head = net.decode_head
             head.fold_fuse = fold
             bn = head.linear_fuse.bn
@@ -146,24 +145,3 @@ def test_folded_head_equals_layer_by_layer_head_under_amp():
         tol = 1e-5 if level == "O0" else 3e-3
         for train in (False, True):
             assert rel_err(outs[True, train], outs[False, train]) < tol, (level, train)
-
-
-def test_inference_attention_in_query_blocks_matches_reference(mode, monkeypatch):
-    """Large inputs at inference attend one block of queries at a time (memory bound):
-    with tiny blocks (stage 1 of 70x101 has 18 x 26 = 468 queries: 5 blocks, the last
-    partial), the logits still equal HF's."""
-    import src.models.mit as mit
-    monkeypatch.setattr(mit, "ATTENTION_QUERY_CHUNK", 100)
-    ref = hf_segformer("mit_b0", seed=6).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        hub = hub_state_dict(ref, tmp)
-    state = to_nvlabs(hub)
-    params = {ms_name(k): ms.Parameter(v.numpy(), name=ms_name(k)) for k, v in state.items()
-              if not k.endswith("num_batches_tracked")}
-    net = build_model(load_config("", ["--backbone=mit_b0"]))
-    load_into_net(net, params, strict=True)
-    net.set_train(False)
-    x = np.random.default_rng(12).standard_normal((1, 3, 70, 101)).astype(np.float32)
-    with torch.no_grad():
-        expected = ref(pixel_values=torch.from_numpy(x)).logits.numpy()
-    assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) < 1e-4

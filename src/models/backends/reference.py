@@ -1,0 +1,202 @@
+"""The reference backend: the neutral layers in standard MindSpore operators only.
+
+This is the graph that Ascend and GPU run and that every export (MINDIR, ONNX, AIR)
+contains: ``Conv2D`` convolutions, the ``LayerNorm`` primitive, exact (erf) GELU,
+``Softmax``, ``BatchMatMul`` and ``ResizeBilinearV2``. It is written the way the papers
+describe the layers; ``cpu.py`` computes the same functions faster on a CPU.
+
+Every layer here is the interface of its neutral layer: the cpu backend's layer of the same
+name takes and returns the same tensors and holds the same parameters under the same names.
+Layouts: ``tokens`` are ``[B, H*W, C]`` (row-major over the map), ``map`` is ``[B, C, H, W]``.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+NAME = "reference"
+# The SegFormer head runs its layers one by one, as published (see segformer_head.py).
+FOLD_DECODE_HEAD = False
+
+
+def tokens_to_map(x, height, width):
+    """[B, H*W, C] -> [B, C, H, W]."""
+    return x.transpose(0, 2, 1).reshape(x.shape[0], x.shape[2], height, width)
+
+
+def map_to_tokens(x):
+    """[B, C, H, W] -> [B, H*W, C]."""
+    return x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with PyTorch parameter names (``weight``, ``bias``).
+
+    Upstream checkpoints name these ``weight``/``bias`` (``nn.LayerNorm`` would say
+    ``gamma``/``beta``), so conversion tables stay 1:1. Computed in float32 whatever the
+    input dtype: normalisation statistics are not safe in fp16 under mixed precision.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5):
+        super().__init__()
+        self.weight = ms.Parameter(ops.ones((normalized_shape,), ms.float32), name="weight")
+        self.bias = ms.Parameter(ops.zeros((normalized_shape,), ms.float32), name="bias")
+        self.eps = eps
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight, self.bias)
+        return y.astype(x.dtype)
+
+
+class GELU(nn.GELU):
+    """Exact GELU, ``0.5 * x * (1 + erf(x / sqrt(2)))`` (upstream's ``nn.GELU()``)."""
+
+    def __init__(self):
+        super().__init__(approximate=False)
+
+
+class PatchEmbedConv(nn.Conv2d):
+    """A patch-embedding convolution (``nn.Conv2d`` parameters and init) whose output is
+    tokens: ``[B, C, H, W]`` -> ``([B, h*w, out_channels], h, w)``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding=0, **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
+                         padding=padding, has_bias=True, **kwargs)
+
+    def construct(self, x):
+        x = super().construct(x)
+        height, width = x.shape[2], x.shape[3]
+        return map_to_tokens(x), height, width
+
+
+class SpatialReductionConv(nn.Conv2d):
+    """MiT's spatial reduction: a conv with kernel = stride = ``ratio`` on tokens seen as a
+    map; ``([B, H*W, C], H, W)`` -> ``[B, (H // r) * (W // r), C]``."""
+
+    def __init__(self, channels, ratio, **kwargs):
+        super().__init__(channels, channels, ratio, stride=ratio, pad_mode="valid",
+                         has_bias=True, **kwargs)
+
+    def construct(self, x, height, width):
+        return map_to_tokens(super().construct(tokens_to_map(x, height, width)))
+
+
+class DepthwiseConv3x3(nn.Conv2d):
+    """Mix-FFN's 3x3 depthwise conv (stride 1, padding 1) on tokens seen as a map;
+    ``([B, H*W, C], H, W)`` -> ``[B, H*W, C]``."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(channels, channels, 3, stride=1, pad_mode="pad", padding=1,
+                         group=channels, has_bias=True, **kwargs)
+
+    def construct(self, x, height, width):
+        return map_to_tokens(super().construct(tokens_to_map(x, height, width)))
+
+
+class TokensToMap(nn.Cell):
+    """``([B, H*W, C], H, W)`` -> ``[B, C, H, W]`` (MiT's stage outputs)."""
+
+    def __init__(self):  # amp O1's mindspore.rewrite needs every Cell to define one
+        super().__init__()
+
+    def construct(self, x, height, width):
+        return tokens_to_map(x, height, width)
+
+
+class LinearGELU(nn.Dense):
+    """``gelu(x @ W^T + b)``: a Linear followed by exact GELU (the ViT MLP's ``fc1`` and its
+    activation; ``nn.Dense`` parameters, so the checkpoint names stay ``fc1.weight/bias``)."""
+
+    def __init__(self, in_channels, out_channels, **kwargs):
+        super().__init__(in_channels, out_channels, **kwargs)
+        self.gelu = GELU()
+
+    def construct(self, x):
+        return self.gelu(super().construct(x))
+
+
+class Attention(nn.Cell):
+    """Multi-head scaled dot-product attention with keys and values from a fused projection.
+
+    ``q [B, N, C]``, ``kv [B, M, 2C]`` (keys in the first C channels, values in the last C, as
+    MiT's ``kv`` Linear) -> ``[B, N, C]``: per head softmax(q k^T / sqrt(d)) v, dropout on the
+    attention probabilities. The softmax runs in float32 whatever the compute dtype (mixed
+    precision), as upstream. The 1/sqrt(d) scale multiplies q ([N, d]) rather than the
+    scores ([N, M]).
+    """
+
+    def __init__(self, num_heads, head_dim, attn_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        self.attn_drop = nn.Dropout(p=attn_drop)
+        self.scores_matmul = ops.BatchMatMul(transpose_b=True)
+        self.values_matmul = ops.BatchMatMul()
+        self.softmax = ops.Softmax(axis=-1)
+
+    def split_heads(self, x):
+        """``[B, N, heads * d]`` -> ``[B, heads, N, d]``."""
+        return x.reshape(x.shape[0], -1, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def attend(self, q, k, v):
+        """``q, k, v [B, N or M, C]`` -> ``[B, N, C]``."""
+        batch, tokens, channels = q.shape
+        q, k, v = self.split_heads(q * self.scale), self.split_heads(k), self.split_heads(v)
+        attn = self.scores_matmul(q, k)
+        attn = self.softmax(attn.astype(ms.float32)).astype(v.dtype)
+        x = self.values_matmul(self.attn_drop(attn), v)
+        return x.transpose(0, 2, 1, 3).reshape(batch, tokens, channels)
+
+    def construct(self, q, kv):
+        channels = q.shape[-1]
+        return self.attend(q, kv[:, :, :channels], kv[:, :, channels:])
+
+
+class SelfAttention(Attention):
+    """As ``Attention`` with q, k and v from one fused projection: ``qkv [B, N, 3C]`` (q, k, v
+    stacked in that order, as the ViT's ``qkv`` Linear) -> ``[B, N, C]``."""
+
+    def construct(self, qkv):
+        channels = qkv.shape[-1] // 3
+        return self.attend(qkv[:, :, :channels], qkv[:, :, channels:2 * channels],
+                           qkv[:, :, 2 * channels:])
+
+
+class UpsampleAdd(nn.Cell):
+    """``base + resize(x)``: bilinear (align_corners=False) resize of ``x [B, C, h, w]`` to the
+    size of ``base [B, C, H, W]``. The size is a graph value, so a MINDIR exported with a
+    dynamic H/W resizes to any input size."""
+
+    def __init__(self):
+        super().__init__()
+        self.resize = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
+
+    def construct(self, x, base):
+        return base + self.resize(x, ops.shape(base)[2:])
+
+
+class SegmentationCrossEntropy(nn.Cell):
+    """``logits [N, C, h, w]`` (any float dtype), ``labels [N, H, W]`` int -> scalar float32.
+
+    The logits are resized bilinearly (align_corners=False) to the label size, as mmseg does;
+    pixels labelled ``ignore_index`` are left out and the mean is over the remaining pixels.
+    A batch without any valid pixel gives 0 (torch gives NaN there), so it never trips the
+    overflow check.
+    """
+
+    def __init__(self, ignore_index=255):
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+
+    def construct(self, logits, labels):
+        logits = logits.astype(ms.float32)
+        labels = labels.astype(ms.int32)
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = ops.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
+                                     align_corners=False)
+        valid = labels != self.ignore_index
+        target = ops.where(valid, labels, ops.zeros_like(labels))
+        log_prob = ops.log_softmax(logits, axis=1)
+        picked = ops.gather_elements(log_prob, 1, target.expand_dims(1)).squeeze(1)
+        weight = valid.astype(ms.float32)
+        return -(picked * weight).sum() / ops.maximum(weight.sum(), 1.0)
