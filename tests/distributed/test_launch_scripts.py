@@ -46,8 +46,9 @@ def table_maker(tmp_path_factory):
 
 @pytest.fixture()
 def rank_table(table_maker, tmp_path):
-    """A 2-device table in the test's directory; device ids 98/99 have no /dev/davinci."""
-    def copy(visible="98,99"):
+    """A 2-device table (cards 0 and 1 unless ``visible`` says otherwise) in the test's
+    directory."""
+    def copy(visible="0,1"):
         return Path(shutil.copy(table_maker(visible), tmp_path / "hccl.json"))
     return copy
 
@@ -81,7 +82,7 @@ def test_rank_table_dry_run_prints_each_ranks_environment_and_command(launch_dir
     ranks = parse_dry_run(proc.stdout)
     assert sorted(ranks) == [0, 1]
     cores = len(os.sched_getaffinity(0)) // 2
-    for rank, device in ((0, 98), (1, 99)):
+    for rank, device in ((0, 0), (1, 1)):
         r = ranks[rank]
         assert r["dir"] == str(launch_dir / "run_distribute_train" / f"device{device}")
         assert r["env"] == {"RANK_TABLE_FILE": str(table), "RANK_SIZE": "2",
@@ -114,7 +115,7 @@ def test_rank_table_launch_without_ascend_fails_clearly(launch_dir, rank_table):
     table = rank_table()
     proc = bash(RANK_TABLE_SH, [2, table, CONFIG, "data"], cwd=launch_dir)
     assert proc.returncode == 2
-    assert "no Ascend device /dev/davinci98 on this machine" in proc.stderr
+    assert "no Ascend device /dev/davinci0 on this machine" in proc.stderr
     assert "run_distribute_train_msrun.sh" in proc.stderr
     assert not (launch_dir / "run_distribute_train").exists()
 
