@@ -88,8 +88,8 @@ def setup_runtime(cfg):
     if mode not in MODES:
         raise RuntimeSetupError(f"config key 'mode': '{cfg.mode}' is not one of {list(MODES)}")
     ms.set_context(mode=MODES[mode])
-    # Both launchers export DEVICE_ID per process: the logical id of the rank's card on this
-    # server (msrun: the local rank).
+    # Both launchers export DEVICE_ID per process: its card's id as this process sees it
+    # (src/utils/ascend_cards.py; msrun: the local rank).
     _check_device(cfg.device_target, _env_int("DEVICE_ID", int(cfg.device_id)))
     if not cfg.run_distribute:
         return 0, 1
