@@ -14,11 +14,17 @@
 # DEVICE_ID exported. Relative data/checkpoint paths are resolved against the directory you
 # launch from, exactly as for train.py.
 #
+# The table holds physical card ids; DEVICE_ID is the id the process opens: the card's index
+# among the cards this machine sees (its /dev/davinci<N> files: in a container that mounts
+# cards 4-7 they are 0-3), then its index in ASCEND_RT_VISIBLE_DEVICES when that is set
+# (see src/utils/ascend_cards.py).
+#
 # Environment:
 #   PYTHON     interpreter to run (default: python on PATH)
 #   RUN_DIR    parent of the per-rank directories (default ./run_distribute_train)
 #   SERVER_ID  this server's server_id, for a rank table that lists several servers
 #   BIND_CORE  1 (default): pin each rank to its share of CPU cores with taskset; 0: off
+#   DEV_DIR    where the card device files davinci<N> are (default /dev)
 #   DRY_RUN    1: validate everything, print each rank's environment and command, start nothing
 set -euo pipefail
 
@@ -90,20 +96,15 @@ PLAN="$("$PYTHON" "$ROOT/src/utils/rank_table.py" "$RANK_TABLE_FILE" --device_nu
 RANK_SIZE="$(head -n 1 <<< "$PLAN")"; RANK_SIZE="${RANK_SIZE#RANK_SIZE=}"
 mapfile -t RANKS < <(tail -n +2 <<< "$PLAN")
 
-# DEVICE_ID is the logical id MindSpore opens; the table holds physical ids. They differ
-# only when ASCEND_RT_VISIBLE_DEVICES hides some cards.
-logical_id() {
-  local physical="$1" i=0 visible
-  if [[ -z "${ASCEND_RT_VISIBLE_DEVICES:-}" ]]; then echo "$physical"; return; fi
-  IFS=',' read -ra visible <<< "$ASCEND_RT_VISIBLE_DEVICES"
-  for i in "${!visible[@]}"; do [[ "${visible[$i]}" == "$physical" ]] && { echo "$i"; return; }; done
-  die "device_id $physical of the rank table is not in ASCEND_RT_VISIBLE_DEVICES=$ASCEND_RT_VISIBLE_DEVICES"
-}
-
+DEV_DIR="${DEV_DIR:-/dev}"
+PHYSICAL=()
+for pair in "${RANKS[@]}"; do PHYSICAL+=("${pair#* }"); done
+mapfile -t DEVICE_IDS < <("$PYTHON" "$ROOT/src/utils/ascend_cards.py" "${PHYSICAL[@]}" \
+                          --dev_dir "$DEV_DIR" || echo FAILED)
+[[ "${DEVICE_IDS[-1]}" != FAILED ]] || exit 2
 if [[ "${DRY_RUN:-0}" != "1" ]]; then
-  for pair in "${RANKS[@]}"; do
-    dev="${pair#* }"
-    [[ -e "/dev/davinci$dev" ]] || die "no Ascend device /dev/davinci$dev on this machine: this script \
+  for dev in "${PHYSICAL[@]}"; do
+    [[ -e "$DEV_DIR/davinci$dev" ]] || die "no Ascend device $DEV_DIR/davinci$dev on this machine: this script \
 starts HCCL training on Ascend cards. On GPU or CPU use scripts/run_distribute_train_msrun.sh; \
 DRY_RUN=1 prints what would be started."
   done
@@ -118,7 +119,7 @@ RUN_DIR="$(abs_path "${RUN_DIR:-run_distribute_train}")"
 echo "rank table $RANK_TABLE_FILE: RANK_SIZE=$RANK_SIZE, $DEVICE_NUM rank(s) on this server; logs in $RUN_DIR/device<id>/train.log"
 i=0
 for pair in "${RANKS[@]}"; do
-  rank_id="${pair% *}"; device_id="$(logical_id "${pair#* }")"
+  rank_id="${pair% *}"; device_id="${DEVICE_IDS[$i]}"
   dir="$RUN_DIR/device$device_id"
   cmd=(env "RANK_TABLE_FILE=$RANK_TABLE_FILE" "RANK_SIZE=$RANK_SIZE" "RANK_ID=$rank_id" "DEVICE_ID=$device_id")
   if [[ $BIND == 1 ]]; then

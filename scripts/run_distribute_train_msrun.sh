@@ -12,6 +12,11 @@
 # train.py. Every worker runs in the current directory (config paths mean what they mean for
 # train.py); logs: $LOG_DIR/worker_<rank>.log and $LOG_DIR/scheduler.log.
 #
+# msrun exports DEVICE_ID = the worker's local rank 0..LOCAL_WORKER_NUM-1: on Ascend the
+# id of a card among those this machine sees (in a container that mounts cards 4-7: 0-3),
+# or among ASCEND_RT_VISIBLE_DEVICES when set. With device_target Ascend this script checks
+# that every local worker has a card and prints which (see src/utils/ascend_cards.py).
+#
 # Environment:
 #   MASTER_ADDR       scheduler address (default 127.0.0.1)
 #   MASTER_PORT       scheduler port (default 8118)
@@ -21,6 +26,7 @@
 #   CLUSTER_TIME_OUT  seconds a worker waits for the others (default 600)
 #   BIND_CORE         True: msrun binds each worker to CPU cores (default False)
 #   TAIL_WORKER_LOG   worker whose log msrun echoes to the console (default 0; -1: all)
+#   DEV_DIR           where the Ascend card device files davinci<N> are (default /dev)
 #   PYTHON            interpreter (default: python on PATH). msrun starts workers as plain
 #                     `python`, so this interpreter's directory is put first on PATH.
 #   DRY_RUN           1: validate, print the environment and the msrun command, start nothing
@@ -71,12 +77,17 @@ ARGS=("--config_path=$CONFIG_FILE" "--run_distribute=True")
 [[ -n "$RUN_EVAL" ]] && ARGS+=("--run_eval=$RUN_EVAL")
 ARGS+=("${OVERRIDES[@]}")
 
-# The full config must load and its data must exist before WORKER_NUM processes start; the
-# scheduler port must be free when the scheduler runs here.
-"$PYTHON" - "$ROOT" "$MASTER_ADDR" "$MASTER_PORT" "${NODE_RANK:-0}" "${ARGS[@]}" <<'EOF' || exit 2
+# The full config must load, its data must exist and, on Ascend, every local worker must have
+# a card before WORKER_NUM processes start; the scheduler port must be free when the
+# scheduler runs here. Prints each local worker's DEVICE_ID and card (Ascend).
+DEV_DIR="${DEV_DIR:-/dev}"
+CARDS="$("$PYTHON" - "$ROOT" "$MASTER_ADDR" "$MASTER_PORT" "${NODE_RANK:-0}" "$LOCAL_WORKER_NUM" \
+         "$DEV_DIR" "${ARGS[@]}" <<'EOF'
 import os, socket, sys
-root, addr, port, node_rank, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+root, addr, port, node_rank = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+local_workers, dev_dir, argv = int(sys.argv[5]), sys.argv[6], sys.argv[7:]
 sys.path.insert(0, root)
+from src.utils.ascend_cards import VISIBLE_ENV, CardError, local_cards, visible_devices, worker_cards
 from src.utils.config import ConfigError, load_config
 try:
     cfg = load_config("", argv)
@@ -84,6 +95,15 @@ except ConfigError as err:
     sys.exit(f"error: config: {err}")
 if not os.path.isdir(cfg.data_path):
     sys.exit(f"error: data_path is not a directory: {cfg.data_path}")
+if cfg.device_target == "Ascend":
+    try:
+        cards = local_cards(dev_dir)
+        visible = visible_devices(os.environ.get(VISIBLE_ENV), cards, dev_dir)
+        for device_id, card in enumerate(worker_cards(local_workers, cards, visible, dev_dir)):
+            print(f"worker {device_id}: DEVICE_ID={device_id}, card "
+                  + ("? (no davinci<N> files here)" if card is None else os.path.join(dev_dir, f"davinci{card}")))
+    except CardError as err:
+        sys.exit(f"error: LOCAL_WORKER_NUM={local_workers}: {err}")
 if node_rank == 0 and addr in ("127.0.0.1", "localhost", socket.gethostname()):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -93,6 +113,7 @@ if node_rank == 0 and addr in ("127.0.0.1", "localhost", socket.gethostname()):
             sys.exit(f"error: MASTER_PORT {port} on {addr} is not free ({err.strerror}); "
                      "set MASTER_PORT to a free port")
 EOF
+)" || exit 2
 
 CMD=("$PYTHON" -m mindspore.parallel.cluster.run "--worker_num=$WORKER_NUM"
      "--local_worker_num=$LOCAL_WORKER_NUM" "--master_addr=$MASTER_ADDR" "--master_port=$MASTER_PORT"
@@ -104,8 +125,10 @@ CMD+=("$ROOT/train.py" "${ARGS[@]}")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
   echo "PATH=$PATH"
   printf '%q ' "${CMD[@]}"; echo
+  [[ -z "$CARDS" ]] || echo "$CARDS"
   exit 0
 fi
 echo "msrun: $WORKER_NUM worker(s) ($LOCAL_WORKER_NUM here), scheduler $MASTER_ADDR:$MASTER_PORT, logs $LOG_DIR/worker_<rank>.log"
+[[ -z "$CARDS" ]] || echo "$CARDS"
 mkdir -p "$LOG_DIR"
 exec "${CMD[@]}"

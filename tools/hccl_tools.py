@@ -7,13 +7,16 @@
 ``--device_num "[a,b)"`` picks the logical devices a..b-1 (half-open range), i.e. entries
 a..b-1 of ``--visible_devices`` (default 0..7; in a container that only sees cards 4-7,
 pass ``--visible_devices 4,5,6,7`` and ``--device_num "[0,4)"``). Rank i is the i-th
-picked device. The table records the physical device ids.
+picked device. The table records the physical device ids, which must form a layout HCCL
+runs on an Atlas 910 server: 1, 2, 4 or 8 cards, and 2 or 4 cards inside 0-3 or inside
+4-7 (e.g. "[0,4)", "[4,8)", "[0,2)", "[4,6)", "[3,4)"; not "[0,3)" or "[2,6)").
 
-Device IPs (the NIC address of each card, which HCCL connects to) come from, in order:
-``--device_ips`` (one per picked device), ``hccn_tool -i <id> -ip -g`` (Ascend driver
-tools), or the ``address_<id>=<ip>`` lines of ``--hccn_conf`` (default /etc/hccn.conf).
-If none is available -- any machine without the Ascend driver -- this is an error: a
-table with made-up addresses would only fail later inside HCCL. No placeholders.
+Device IPs (the NIC address of each card, which HCCL connects to between servers) come
+from, in order: ``--device_ips`` (one per picked device), ``hccn_tool -i <id> -ip -g``
+(Ascend driver tools), or the ``address_<id>=<ip>`` lines of ``--hccn_conf`` (default
+/etc/hccn.conf). When none of these exists (e.g. a container without the driver tools)
+the table has no ``device_ip``: HCCL needs none for a job on one server, and a made-up
+address would only fail later inside HCCL. A table for a multi-server job needs them.
 
 Writes ``hccl_<n>p_<device ids>_<server ip>.json`` in the current directory (or
 ``--output``) and prints its path.
@@ -30,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.utils.rank_table import build_rank_table, load_rank_table  # noqa: E402
+from src.utils.rank_table import build_rank_table, load_rank_table, server_layout_error  # noqa: E402
 
 RANGE = re.compile(r"^\s*\[\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 
@@ -107,10 +110,10 @@ def device_ips(device_ids, explicit, hccn_conf):
     elif os.path.isfile(hccn_conf):
         found = ips_from_hccn_conf(hccn_conf, device_ids)
     else:
-        raise HcclToolsError(
-            f"cannot read the device IPs: 'hccn_tool' is not on PATH and {hccn_conf} does not exist "
-            "(this machine has no Ascend driver tools). On an Ascend server, configure the device "
-            "NICs (hccn_tool) first; otherwise pass them with --device_ips ip0,ip1,...")
+        print(f"note: no device IPs ('hccn_tool' is not on PATH and {hccn_conf} does not exist): "
+              "the table has no device_ip, which is enough for a job on this server only; for a "
+              "multi-server table pass them with --device_ips ip0,ip1,...", file=sys.stderr)
+        return None
     return [found[d] for d in device_ids]
 
 
@@ -139,6 +142,10 @@ def main(argv=None):
             raise HcclToolsError(f"--device_num {args.device_num!r} needs {logical[-1] + 1} visible "
                                  f"devices but --visible_devices lists {len(visible)}: {visible}")
         device_ids = [visible[i] for i in logical]
+        problem = server_layout_error(device_ids)
+        if problem:
+            picked = "" if visible == list(range(8)) else f" (--visible_devices {args.visible_devices})"
+            raise HcclToolsError(f"--device_num {args.device_num!r} picks {problem}{picked}")
         server_ip = args.server_ip or host_ip()
         if not server_ip:
             raise HcclToolsError("cannot resolve this host's IP; pass --server_ip")
@@ -157,8 +164,8 @@ def main(argv=None):
         json.dump(table, f, indent=4)
         f.write("\n")
     load_rank_table(output)  # what we wrote must pass the same validation the launcher runs
-    for rank, (dev, ip) in enumerate(zip(device_ids, ips)):
-        print(f"rank_id:{rank}, device_id:{dev}, device_ip:{ip}")
+    for rank, dev in enumerate(device_ids):
+        print(f"rank_id:{rank}, device_id:{dev}" + (f", device_ip:{ips[rank]}" if ips else ""))
     print(f"rank table written: {os.path.abspath(output)}")
     return 0
 

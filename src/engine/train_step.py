@@ -8,11 +8,37 @@ Per call: ``loss * scale`` is differentiated w.r.t. the trainable parameters; gr
 averaged across ranks (``grad_reducer``, distributed only), divided by the scale, checked
 for inf/NaN, clipped to ``clip_grad_norm`` (global norm, optional) and applied with the
 iteration's learning rate only when all are finite; the loss scaler then adapts.
+
+Overflow is one decision for all ranks, as in ``nn.TrainOneStepWithLossScaleCell``: each
+rank's overflow flag is summed over the ranks (``AllReduce``) and any overflow skips the step
+everywhere. Otherwise ranks could disagree -- on Ascend 910A (and 910B in saturation mode)
+``ms.amp.all_finite`` reads the device's own float-status register, where an overflow of
+this rank's forward/backward shows even when the averaged gradients look finite -- and the
+skipping rank's weights and loss scale would drift from the others'. That register
+accumulates until cleared, so there it is cleared before the forward/backward (as
+``TrainOneStepWithLossScaleCell.start_overflow_check`` does); elsewhere, CPU included, there
+is no register (``NPUClearFloatStatusV2`` has no CPU kernel) and nothing is cleared.
 """
+import os
+
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
+from mindspore.common import dtype as mstype
+from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from src.utils.device import ReleasesCompileMemory
+
+
+def uses_float_status_register():
+    """Whether ``ms.amp.all_finite`` reads the NPU float-status register on this device: the
+    condition of MindSpore 2.10's ``amp._all_finite``."""
+    if ms.get_context("device_target") != "Ascend":
+        return False
+    from mindspore._c_expression import MSContext
+    soc = MSContext.get_instance()
+    return bool(soc.ascend_soc_supports_feature("amp_loss_scale_train_classic_target")
+                or (soc.ascend_soc_supports_feature("train_hq_dtype_line")
+                    and os.environ.get("MS_ASCEND_CHECK_OVERFLOW_MODE") == "SATURATION_MODE"))
 
 
 class NetWithLoss(nn.Cell):
@@ -44,14 +70,24 @@ class TrainStep(ReleasesCompileMemory):
         self.clip_grad_norm = float(clip_grad_norm)
         self.grad_reducer = grad_reducer
         self.grad_fn = ms.value_and_grad(self.net_with_loss, None, self.weights)
+        self.distributed = grad_reducer is not None
+        self.overflow_sum = ops.AllReduce() if self.distributed else None
+        self.clear_float_status = uses_float_status_register()
+        self.clear_status_op = NPUClearFloatStatusV2() if self.clear_float_status else None
 
     def construct(self, images, labels, lr):
         scale = self.loss_scaler.scale_value * 1.0  # a copy: adjust() updates the Parameter
+        if self.clear_float_status:   # only this step's forward/backward may count
+            cleared = self.clear_status_op(Tensor([0] * 8, mstype.int32))
+            images = ops.depend(images, cleared)
         scaled_loss, grads = self.grad_fn(images, labels, scale)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
         grads = self.loss_scaler.unscale(grads)
         finite = ms.amp.all_finite(grads)
+        if self.distributed:   # one decision for all ranks: any rank's overflow skips the step
+            overflows = self.overflow_sum(ops.cast(ops.logical_not(finite), mstype.float32))
+            finite = overflows < 0.5
         if self.clip_grad_norm > 0:
             grads = ops.clip_by_global_norm(grads, self.clip_grad_norm)
         if finite:

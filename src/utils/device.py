@@ -35,16 +35,23 @@ def _first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _check_device(target):
+def _check_device(target, device_id):
+    """Select the device, exactly once: MindSpore fixes it at the first ``set_device`` of a
+    process and refuses any later call with another id, so the id goes into that one call."""
     if target not in DEVICE_TARGETS:
         raise RuntimeSetupError(f"config key 'device_target': '{target}' is not one of "
                                 f"{list(DEVICE_TARGETS)}")
-    if target == "CPU":
-        return
-    # MindSpore's CPU-only wheel cannot drive an accelerator; say so before anything runs.
     try:
-        ms.set_device(target)
+        ms.set_device(target, device_id)
     except Exception as err:  # noqa: BLE001  (MindSpore raises various types here)
+        if "can not be modified" in str(err):
+            raise RuntimeSetupError(
+                f"cannot select {target} device {device_id}: this process already set its device "
+                f"to {tuple(ms.get_current_device())}, and MindSpore allows that only once per "
+                "process") from None
+        if target == "CPU":
+            raise RuntimeSetupError(f"cannot select CPU device {device_id} ({_first_line(err)})") from None
+        # MindSpore's CPU-only wheel cannot drive an accelerator; say so before anything runs.
         raise RuntimeSetupError(
             f"device_target '{target}' is not available on this machine ({_first_line(err)}); "
             f"run with --device_target=CPU or install the MindSpore build for {target}") from None
@@ -81,13 +88,9 @@ def setup_runtime(cfg):
     if mode not in MODES:
         raise RuntimeSetupError(f"config key 'mode': '{cfg.mode}' is not one of {list(MODES)}")
     ms.set_context(mode=MODES[mode])
-    _check_device(cfg.device_target)
-    # Both launchers export DEVICE_ID per process (msrun: the local rank).
-    device_id = _env_int("DEVICE_ID", int(cfg.device_id))
-    if cfg.device_target != "CPU":
-        ms.set_device(cfg.device_target, device_id)
-    else:
-        ms.set_device("CPU")
+    # Both launchers export DEVICE_ID per process: its card's id as this process sees it
+    # (src/utils/ascend_cards.py; msrun: the local rank).
+    _check_device(cfg.device_target, _env_int("DEVICE_ID", int(cfg.device_id)))
     if not cfg.run_distribute:
         return 0, 1
     _check_launcher(cfg.device_target)

@@ -16,6 +16,13 @@ which rank. Two layouts exist; both are read:
                        "instance_list": [{"rank_id": "0", "server_id": "10.0.0.1",
                                           "devices": [{"device_id": "0", "device_ip": "192.1.27.6"}]}, ...]}]}
 
+``device_ip`` (the card's NIC address) is what HCCL uses between servers: required in a
+table that lists several servers, optional in a one-server table (checked when present).
+
+Per server, HCCL on an Atlas 910 server (cards 0-7, linked by HCCS in two groups of four,
+0-3 and 4-7) runs 1, 2, 4 or 8 ranks, and a 2- or 4-rank server must lie inside one group;
+other layouts are refused here rather than inside HCCL.
+
 Used by ``scripts/run_distribute_train.sh`` through the command line::
 
     python src/utils/rank_table.py RANK_TABLE_FILE --device_num 8 [--server_id ID]
@@ -40,7 +47,7 @@ class RankTableError(ValueError):
 class RankDevice:
     rank_id: int
     device_id: int
-    device_ip: str
+    device_ip: object      # str, or None when the table gives none (one-server tables only)
     server_id: str
 
 
@@ -82,7 +89,9 @@ def _int_field(obj, key, where, path):
     return int(text)
 
 
-def _ip_field(obj, key, where, path):
+def _ip_field(obj, key, where, path, required=True):
+    if not required and isinstance(obj, dict) and key not in obj:
+        return None
     value = _field(obj, key, where, path)
     try:
         ipaddress.ip_address(str(value))
@@ -112,7 +121,7 @@ def _devices_v1(data, path):
             dwhere = f"{where}.device[{d}]"
             devices.append(RankDevice(_int_field(dev, "rank_id", dwhere, path),
                                       _int_field(dev, "device_id", dwhere, path),
-                                      _ip_field(dev, "device_ip", dwhere, path), server_id))
+                                      _ip_field(dev, "device_ip", dwhere, path, False), server_id))
     return devices
 
 
@@ -133,7 +142,7 @@ def _devices_group_list(data, path):
         dwhere = f"{iwhere}.devices[0]"
         devices.append(RankDevice(_int_field(inst, "rank_id", iwhere, path),
                                   _int_field(inst_devices[0], "device_id", dwhere, path),
-                                  _ip_field(inst_devices[0], "device_ip", dwhere, path),
+                                  _ip_field(inst_devices[0], "device_ip", dwhere, path, False),
                                   str(_field(inst, "server_id", iwhere, path))))
     for key in ("device_num", "instance_count"):
         if key in groups[0] and _int_field(groups[0], key, where, path) != len(devices):
@@ -142,19 +151,51 @@ def _devices_group_list(data, path):
     return devices
 
 
+HCCS_GROUPS = ((0, 1, 2, 3), (4, 5, 6, 7))
+RANKS_PER_SERVER = (1, 2, 4, 8)
+
+
+def server_layout_error(device_ids):
+    """Why HCCL would refuse these physical device ids as one Atlas 910 server's ranks, or
+    None when it accepts them."""
+    ids = sorted(device_ids)
+    if any(d > 7 for d in ids):
+        return f"device ids {ids}: an Atlas 910 server has cards 0-7"
+    if len(ids) not in RANKS_PER_SERVER:
+        return (f"{len(ids)} devices {ids}: HCCL runs 1, 2, 4 or 8 ranks per Atlas 910 server")
+    if len(ids) in (2, 4) and not any(set(ids) <= set(group) for group in HCCS_GROUPS):
+        return (f"devices {ids}: a 2- or 4-card job must lie inside cards 0-3 or inside 4-7 "
+                "(the two HCCS groups of an Atlas 910 server)")
+    return None
+
+
 def _check_consistent(devices, path):
     ranks = sorted(d.rank_id for d in devices)
     if ranks != list(range(len(devices))):
         raise RankTableError(f"rank table {path}: rank_id values must be 0..{len(devices) - 1}, "
                              f"each once; got {ranks}")
+    servers = list(dict.fromkeys(d.server_id for d in devices))
+    if len(servers) > 1:
+        for d in devices:
+            if d.device_ip is None:
+                raise RankTableError(
+                    f"rank table {path}: rank {d.rank_id} (server {d.server_id}, device_id "
+                    f"{d.device_id}) has no device_ip; HCCL needs every device's IP when the "
+                    f"table lists more than one server ({len(servers)}: {servers})")
     seen = {}
     for d in devices:
         for what, value in (("device_id", d.device_id), ("device_ip", d.device_ip)):
+            if value is None:
+                continue
             key = (d.server_id, what, value)
             if key in seen:
                 raise RankTableError(f"rank table {path}: server {d.server_id} lists {what} {value} "
                                      f"twice (rank {seen[key]} and rank {d.rank_id})")
             seen[key] = d.rank_id
+    for server in servers:
+        problem = server_layout_error([d.device_id for d in devices if d.server_id == server])
+        if problem:
+            raise RankTableError(f"rank table {path}: server {server} lists {problem}")
 
 
 def load_rank_table(path):
@@ -230,17 +271,24 @@ def local_devices(table, device_num, server_id=None):
 
 # --------------------------------------------------------------------------- writing --
 
-def build_rank_table(server_id, device_ids, device_ips):
-    """A version 1.0 table for one server; rank i is ``device_ids[i]``."""
-    if len(device_ids) != len(device_ips):
+def build_rank_table(server_id, device_ids, device_ips=None):
+    """A version 1.0 table for one server; rank i is ``device_ids[i]``. Without
+    ``device_ips`` the devices have no ``device_ip`` (enough for a one-server job)."""
+    if device_ips is not None and len(device_ids) != len(device_ips):
         raise RankTableError(f"{len(device_ids)} devices but {len(device_ips)} device IPs")
+
+    def device(rank, dev):
+        entry = {"device_id": str(dev)}
+        if device_ips is not None:
+            entry["device_ip"] = str(device_ips[rank])
+        entry["rank_id"] = str(rank)
+        return entry
     return {
         "version": "1.0",
         "server_count": "1",
         "server_list": [{
             "server_id": str(server_id),
-            "device": [{"device_id": str(dev), "device_ip": str(ip), "rank_id": str(rank)}
-                       for rank, (dev, ip) in enumerate(zip(device_ids, device_ips))],
+            "device": [device(rank, dev) for rank, dev in enumerate(device_ids)],
             "host_nic_ip": "reserve",
         }],
         "status": "completed",

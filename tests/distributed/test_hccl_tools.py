@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from src.utils.rank_table import load_rank_table
 from tests.distributed.launch_utils import REPO
 
 TOOL = os.path.join(REPO, "tools", "hccl_tools.py")
@@ -24,14 +25,18 @@ def hccl_tools(monkeypatch, tmp_path):
 
 
 def expected_table(server, devices):
-    """The documented layout, spelled out: strings everywhere, rank = order of devices."""
+    """The documented layout, spelled out: strings everywhere, rank = order of devices;
+    ``devices``: (device_id, device_ip) pairs, or device ids alone for a table without IPs."""
+    def entry(rank, dev):
+        if isinstance(dev, int):
+            return {"device_id": str(dev), "rank_id": str(rank)}
+        return {"device_id": str(dev[0]), "device_ip": dev[1], "rank_id": str(rank)}
     return {
         "version": "1.0",
         "server_count": "1",
         "server_list": [{
             "server_id": server,
-            "device": [{"device_id": str(d), "device_ip": ip, "rank_id": str(r)}
-                       for r, (d, ip) in enumerate(devices)],
+            "device": [entry(r, d) for r, d in enumerate(devices)],
             "host_nic_ip": "reserve",
         }],
         "status": "completed",
@@ -71,8 +76,38 @@ def test_hccn_tool_is_preferred(hccl_tools, tmp_path):
         "10.0.0.3", [(0, "10.20.30.0"), (1, "10.20.30.1")])
 
 
+@pytest.mark.parametrize("device_num, visible, physical", [
+    ("[0,8)", "0,1,2,3,4,5,6,7", list(range(8))),
+    ("[0,4)", "0,1,2,3,4,5,6,7", [0, 1, 2, 3]),
+    ("[4,8)", "0,1,2,3,4,5,6,7", [4, 5, 6, 7]),
+    ("[0,2)", "0,1,2,3,4,5,6,7", [0, 1]),
+    ("[4,6)", "0,1,2,3,4,5,6,7", [4, 5]),
+    ("[3,4)", "0,1,2,3,4,5,6,7", [3]),
+    ("[7,8)", "0,1,2,3,4,5,6,7", [7]),
+    ("[0,4)", "4,5,6,7", [4, 5, 6, 7]),          # a container that sees cards 4-7
+    ("[2,4)", "4,5,6,7", [6, 7]),
+])
+def test_layouts_hccl_runs(hccl_tools, tmp_path, device_num, visible, physical):
+    ips = ",".join(f"192.98.{92 + d}.100" for d in physical)
+    assert hccl_tools.main(["--device_num", device_num, "--visible_devices", visible,
+                            "--server_ip", "10.0.0.1", "--device_ips", ips, "--output", "t.json"]) == 0
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [int(d["device_id"]) for d in table["server_list"][0]["device"]] == physical
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--device_num", "[0,8)"], "cannot read the device IPs: 'hccn_tool' is not on PATH"),
+    (["--device_num", "[0,3)"], "--device_num '[0,3)' picks 3 devices [0, 1, 2]: HCCL runs 1, 2, "
+                                "4 or 8 ranks per Atlas 910 server"),
+    (["--device_num", "[2,6)"], "--device_num '[2,6)' picks devices [2, 3, 4, 5]: a 2- or 4-card "
+                                "job must lie inside cards 0-3 or inside 4-7 (the two HCCS groups "
+                                "of an Atlas 910 server)"),
+    (["--device_num", "[3,5)"], "--device_num '[3,5)' picks devices [3, 4]: a 2- or 4-card job"),
+    (["--device_num", "[0,6)"], "--device_num '[0,6)' picks 6 devices [0, 1, 2, 3, 4, 5]: HCCL runs"),
+    (["--device_num", "[1,4)", "--visible_devices", "4,5,6,7"],
+     "--device_num '[1,4)' picks 3 devices [5, 6, 7]: HCCL runs 1, 2, 4 or 8 ranks per Atlas 910 "
+     "server (--visible_devices 4,5,6,7)"),
+    (["--device_num", "[0,2)", "--visible_devices", "8,9"],
+     "--device_num '[0,2)' picks device ids [8, 9]: an Atlas 910 server has cards 0-7"),
     (["--device_num", "0-8"], "expected a half-open range"),
     (["--device_num", "[3,3)"], "the range is empty"),
     (["--device_num", "[0,5)", "--visible_devices", "4,5,6,7"], "needs 5 visible devices"),
@@ -88,9 +123,15 @@ def test_errors(hccl_tools, tmp_path, capsys, args, message):
 
 
 def test_command_line_without_ascend(tmp_path):
-    """On this machine (no Ascend driver) the CLI refuses to invent device IPs."""
-    proc = subprocess.run([sys.executable, TOOL, "--device_num", "[0,8)", "--hccn_conf",
-                           str(tmp_path / "none.conf")], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PATH": str(tmp_path)})
-    assert proc.returncode == 2
+    """On this machine (no Ascend driver tools, no hccn.conf) the CLI invents no device IPs:
+    the table has none, which HCCL accepts for a job on one server."""
+    proc = subprocess.run([sys.executable, TOOL, "--device_num", "[0,4)", "--server_ip", "10.0.0.1",
+                           "--hccn_conf", str(tmp_path / "none.conf")], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "the table has no device_ip" in proc.stderr
     assert "pass them with --device_ips" in proc.stderr
+    out = tmp_path / "hccl_4p_0123_10.0.0.1.json"
+    assert json.loads(out.read_text()) == expected_table("10.0.0.1", [0, 1, 2, 3])
+    assert proc.stdout.splitlines()[:4] == [f"rank_id:{r}, device_id:{r}" for r in range(4)]
+    assert [d.device_ip for d in load_rank_table(str(out)).devices] == [None] * 4

@@ -83,8 +83,6 @@ def _broken(mutate):
     (_broken(lambda t: t.pop("server_list")), "neither 'server_list'"),
     (_broken(lambda t: t.update(version="2.0")), "version '2.0' is not supported"),
     (_broken(lambda t: t.update(server_count="2")), "server_count is '2' but server_list has 1"),
-    (_broken(lambda t: t["server_list"][0]["device"][1].pop("device_ip")),
-     r"missing field 'server_list\[0\].device\[1\].device_ip'"),
     (_broken(lambda t: t["server_list"][0]["device"][1].update(device_ip="192.98.93")),
      "must be an IP address"),
     (_broken(lambda t: t["server_list"][0]["device"][1].update(rank_id="one")),
@@ -102,6 +100,60 @@ def test_invalid_tables_name_the_problem(tmp_path, data, message):
     with pytest.raises(RankTableError, match=message) as info:
         load_rank_table(path)
     assert path in str(info.value)
+
+
+def test_device_ip_is_optional_on_one_server(tmp_path):
+    data = v1_table(per_server=4)
+    for dev in data["server_list"][0]["device"]:
+        dev.pop("device_ip")
+    table = load_rank_table(write(tmp_path, data))
+    assert [(d.rank_id, d.device_id, d.device_ip) for d in table.devices] == \
+        [(r, r, None) for r in range(4)]
+    older = group_list_table()
+    older["group_list"][0]["instance_list"][2]["devices"][0].pop("device_ip")
+    assert load_rank_table(write(tmp_path, older, "old.json")).devices[2].device_ip is None
+
+
+def test_device_ip_is_required_with_several_servers(tmp_path):
+    data = v1_table(("10.0.0.1", "10.0.0.2"))
+    data["server_list"][1]["device"][3].pop("device_ip")
+    path = write(tmp_path, data)
+    with pytest.raises(RankTableError) as info:
+        load_rank_table(path)
+    assert str(info.value) == (
+        f"rank table {path}: rank 11 (server 10.0.0.2, device_id 3) has no device_ip; HCCL needs "
+        "every device's IP when the table lists more than one server (2: ['10.0.0.1', '10.0.0.2'])")
+
+
+def one_server(device_ids):
+    data = v1_table(per_server=1)
+    data["server_list"][0]["device"] = [
+        {"device_id": str(d), "device_ip": f"192.98.{92 + d}.100", "rank_id": str(r)} for r, d in enumerate(device_ids)]
+    return data
+
+
+@pytest.mark.parametrize("device_ids", [[0], [5], [0, 1], [2, 3], [4, 5], [6, 7], [0, 1, 2, 3],
+                                        [7, 6, 5, 4], list(range(8))])
+def test_layouts_hccl_runs_are_accepted(tmp_path, device_ids):
+    table = load_rank_table(write(tmp_path, one_server(device_ids)))
+    assert [d.device_id for d in table.devices] == device_ids
+
+
+@pytest.mark.parametrize("device_ids, message", [
+    ([0, 1, 2], "3 devices [0, 1, 2]: HCCL runs 1, 2, 4 or 8 ranks per Atlas 910 server"),
+    ([0, 1, 2, 3, 4, 5], "6 devices [0, 1, 2, 3, 4, 5]: HCCL runs 1, 2, 4 or 8 ranks per Atlas "
+                         "910 server"),
+    ([2, 3, 4, 5], "devices [2, 3, 4, 5]: a 2- or 4-card job must lie inside cards 0-3 or inside "
+                   "4-7 (the two HCCS groups of an Atlas 910 server)"),
+    ([4, 3], "devices [3, 4]: a 2- or 4-card job must lie inside cards 0-3 or inside 4-7 (the two "
+             "HCCS groups of an Atlas 910 server)"),
+    ([0, 8], "device ids [0, 8]: an Atlas 910 server has cards 0-7"),
+])
+def test_layouts_hccl_refuses_are_errors(tmp_path, device_ids, message):
+    path = write(tmp_path, one_server(device_ids))
+    with pytest.raises(RankTableError) as info:
+        load_rank_table(path)
+    assert str(info.value) == f"rank table {path}: server 10.0.0.1 lists {message}"
 
 
 def test_missing_file(tmp_path):

@@ -99,6 +99,61 @@ def test_fixed_and_none_keep_the_scale_but_still_skip_overflow(kind, scale):
     assert int(opt.step.asnumpy()) == 5
 
 
+class _FakeSoc:
+    def __init__(self, features):
+        self.features = features
+
+    def get_instance(self):
+        return self
+
+    def ascend_soc_supports_feature(self, name):
+        return name in self.features
+
+
+@pytest.mark.parametrize("target, features, mode, expected", [
+    ("CPU", set(), None, False),
+    ("GPU", set(), None, False),
+    ("Ascend", {"amp_loss_scale_train_classic_target"}, None, True),          # 910A
+    ("Ascend", {"train_hq_dtype_line"}, None, False),                         # 910B, inf/nan mode
+    ("Ascend", {"train_hq_dtype_line"}, "SATURATION_MODE", True),             # 910B, saturation
+])
+def test_float_status_register_is_used_where_all_finite_reads_it(monkeypatch, target, features,
+                                                                 mode, expected):
+    import mindspore._c_expression as c_expression
+    from src.engine import train_step
+    monkeypatch.setattr(ms, "get_context", lambda key: {"device_target": target}[key])
+    monkeypatch.setattr(c_expression, "MSContext", _FakeSoc(features))
+    if mode is None:
+        monkeypatch.delenv("MS_ASCEND_CHECK_OVERFLOW_MODE", raising=False)
+    else:
+        monkeypatch.setenv("MS_ASCEND_CHECK_OVERFLOW_MODE", mode)
+    assert train_step.uses_float_status_register() is expected
+
+
+def test_float_status_is_cleared_before_each_forward(monkeypatch):
+    # NPUClearFloatStatusV2 has no CPU kernel: a stand-in records when the step clears
+    from src.engine import train_step
+    events = []
+
+    class RecordingClear:
+        def __call__(self, status):
+            events.append("clear")
+            return status
+    monkeypatch.setattr(train_step, "uses_float_status_register", lambda: True)
+    monkeypatch.setattr(train_step, "NPUClearFloatStatusV2", RecordingClear)
+    net, _, _, step = tiny_step("dynamic")
+    net.register_forward_pre_hook(lambda cell, inputs: events.append("forward"))
+    assert run(step, CLEAN)[1] is False
+    assert run(step, WITH_INF)[1] is True
+    assert events == ["clear", "forward", "clear", "forward"]
+
+
+def test_no_float_status_on_cpu():
+    from src.engine import train_step
+    assert not train_step.uses_float_status_register()
+    _, _, _, step = tiny_step("dynamic")
+    assert step.clear_status_op is None and step.overflow_sum is None
+
 def _clipping_check():
     # SGD without momentum history on step 1: delta = lr * clipped grad. The gradient of the
     # mean cross entropy of a Dense layer in closed form (numpy), then g * clip / |g|.
