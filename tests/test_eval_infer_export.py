@@ -1,8 +1,9 @@
 """eval.py / infer.py / export.py end to end on a tiny demo dataset.
 
 Oracles: cityscapesscripts' evalPixelLevelSemanticLabeling (mIoU), folder counts (top-k of a
-constant classifier), the MindSpore Cell itself for MINDIR (mindspore.load + GraphCell)
-and ONNX (onnxruntime), the palette definition for the PNGs.
+constant classifier), HF transformers SegFormer / ViT and the paper-written Segmenter
+decoders (tests/segformer_oracle.py, tests/vit_oracle.py) for the exported MINDIR
+(mindspore.load + GraphCell) and ONNX (onnxruntime) files, the palette definition for the PNGs.
 """
 import copy
 import importlib.util
@@ -11,11 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import nn
+from mindspore.train import mind_ir_pb2
 from PIL import Image
 
 from src.engine.evaluate import evaluate_classification, evaluate_segmentation
@@ -219,6 +222,14 @@ def test_list_images_layouts(demo, tmp_path):
 
 
 # ---------------------------------------------------------------------- export --
+#
+# export.py always builds the reference kernel backend (standard MindSpore operators), whatever
+# kernel_backend says: on this CPU machine 'auto' means the cpu backend, whose custom kernels
+# (ops.Custom 'aot' functions in a .so compiled here, im2col convs) would make a MINDIR that
+# runs nowhere else. The exported files are checked against the independent oracles
+# (HF transformers SegFormer / ViT, the paper-written Segmenter decoders), not against our
+# own Cell, so an export that drifts from the published models fails even if both of our
+# backends drift together.
 
 def export_cfg(config, tmp_path, fmt, shape, *extra):
     return load_config(os.path.join(REPO, "config", config),
@@ -227,49 +238,262 @@ def export_cfg(config, tmp_path, fmt, shape, *extra):
                         f"--export_file_name={tmp_path}/model", *extra])
 
 
-@pytest.mark.parametrize("config,shape,fmts", [
-    ("segformer.b0.demo.yaml", "1,3,64,128", ("MINDIR", "ONNX")),
-    ("segmenter.tiny.demo.yaml", "1,3,64,96", ("ONNX",)),
-    ("vit.tiny.demo.yaml", "2,3,64,64", ("ONNX",)),
-])
-def test_export_matches_cell(config, shape, fmts, tmp_path):
+def mindir_census(path):
+    """The operator census of a MINDIR file: (Counter op name -> node count, list of
+    (op name, primitive attributes)) over its graph nodes. Op names as mindir_to_onnx.py
+    reads them: ``node.op_type`` is ``REF::Conv2D:4`` (or plain ``Conv2D``)."""
+    model = mind_ir_pb2.ModelProto()
+    with open(path, "rb") as f:
+        model.ParseFromString(f.read())
+    a_type = mind_ir_pb2.AttributeProto
+
+    def value(a):  # strings and integers: all the checks below read
+        if a.type == a_type.STRING:
+            return a.s.decode() if isinstance(a.s, bytes) else a.s
+        if a.type in (a_type.INT64, a_type.INT32):
+            return int(a.ints[0]) if len(a.ints) else int(a.i)
+        return None
+
+    prims = {p.name: {a.name: value(a) for a in p.attribute} for p in model.primitives}
+    nodes = []
+    for node in model.graph.node:
+        prim = node.op_type.split("::")[-1]
+        nodes.append((prim.split(":")[0], prims.get(prim, {})))
+    return Counter(op for op, _ in nodes), nodes
+
+
+def cpu_kernel_ops(nodes):
+    """The nodes that only the cpu backend puts in a graph: its compiled kernels
+    (``Custom`` ops, 'aot' functions of a shared library, named after cpu_kernels) and the
+    im2col convolutions. Empty for an exportable graph."""
+    found = []
+    for op, attrs in nodes:
+        texts = " ".join(str(v) for v in attrs.values() if isinstance(v, str))
+        if (op in ("Custom", "Im2Col") or attrs.get("func_type") == "aot"
+                or "cpu_kernel" in op.lower() or "cpu_kernels" in texts or ".so:" in texts):
+            found.append(op)
+    return found
+
+
+def check_standard_ops(path, required):
+    """The MINDIR at ``path`` holds the ``required`` standard operators and nothing of the cpu
+    backend; returns its census."""
+    census, nodes = mindir_census(path)
+    assert not cpu_kernel_ops(nodes), (cpu_kernel_ops(nodes), census)
+    assert census["Im2Col"] == census["Custom"] == 0, census
+    with open(path, "rb") as f:  # no path to this machine's kernel library anywhere
+        assert b"cpu_kernels" not in f.read()
+    missing = {"Conv2D", *required} - set(census)
+    assert not missing, (missing, census)
+    return census, nodes
+
+
+SEGMENTER_CLASSES = 5
+
+
+def segformer_case(tmp):
+    """HF SegFormer-B0 (random, 19 classes) written under our parameter names, as
+    tests/models/test_segformer.py's b0_pair loads it (independently of src/convert)."""
+    import torch
+    from tests.segformer_oracle import hf_segformer, hub_state_dict, ms_name, to_nvlabs
+    ref = hf_segformer("mit_b0", seed=3)
+    state = to_nvlabs(hub_state_dict(ref, str(tmp)))
+    ckpt = str(tmp / "segformer.ckpt")
+    save_checkpoint({ms_name(k): v.numpy() for k, v in state.items()
+                     if not k.endswith("num_batches_tracked")}, ckpt)
+
+    def oracle(x):
+        return ref(pixel_values=torch.from_numpy(x)).logits.numpy()
+    # LayerNorm, the attention, the depthwise Mix-FFN conv, exact GELU, the decode head's
+    # bilinear resizes and its BatchNorm: each a standard operator
+    required = ("LayerNorm", "Softmax", "BatchMatMul", "Erf", "ResizeBilinearV2", "BatchNorm")
+    return [f"--config_path={B0_DEMO}"], ckpt, oracle, (1, 3, 64, 96), required
+
+
+def segmenter_case(tmp, decoder):
+    """The official Segmenter checkpoint layout (HF ViT-Ti encoder + the paper's decoder),
+    converted by tools' converter, as tests/models/test_segmenter.py does. 40x50 is not a
+    multiple of the patch (16): the graph pads the input and crops the logits."""
+    import torch
+    from src.convert import convert_checkpoint
+    from tests.vit_oracle import (LinearDecoderRef, MaskTransformerRef, hf_vit,
+                                  official_segmenter_state, segmenter_reference)
+    encoder = hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)
+    head = (MaskTransformerRef(SEGMENTER_CLASSES, 192, n_layers=2, seed=3)
+            if decoder == "mask_transformer" else LinearDecoderRef(SEGMENTER_CLASSES, 192, seed=3))
+    head.eval()
+    pth = tmp / "segmenter.pth"
+    torch.save({"model": {k: torch.from_numpy(v)
+                          for k, v in official_segmenter_state(encoder, head).items()}}, pth)
+    ckpt = str(tmp / "segmenter.ckpt")
+    cfg = convert_checkpoint(str(pth), ckpt, log=lambda *_: None)["cfg"]
+    assert (cfg.decoder, cfg.image_size) == (decoder, 32)
+
+    def oracle(x):
+        return segmenter_reference(encoder, head, torch.from_numpy(x), 16, (2, 2)).numpy()
+    required = ("LayerNorm", "Softmax", "BatchMatMul", "Erf", "ResizeBilinearV2", "PadV3")
+    return model_flags(cfg), ckpt, oracle, (2, 3, 40, 50), required
+
+
+def vit_case(tmp):
+    """HF ViT-Ti/16 (random, 10 classes, native 32x32) saved under timm names and converted
+    by tools' converter (tests/models/test_vit.py's converted_tiny); exported for 48x64, so
+    the graph resizes the position embedding (the oracle: the HF model with the embedding
+    resized by the official Segmenter rule)."""
+    import torch
+    from safetensors.numpy import save_file
+    from src.convert import convert_checkpoint
+    from tests.vit_oracle import hf_at_size, hf_to_timm, hf_vit
+    hf = hf_vit("tiny", patch=16, image_size=32, num_labels=10)
+    save_file(hf_to_timm(hf.state_dict()), str(tmp / "vit.safetensors"))
+    ckpt = str(tmp / "vit.ckpt")
+    cfg = convert_checkpoint(str(tmp / "vit.safetensors"), ckpt, log=lambda *_: None)["cfg"]
+    resized = hf_at_size(hf, (2, 2), 48, 64)
+
+    def oracle(x):
+        return resized(torch.from_numpy(x)).logits.numpy()
+    required = ("LayerNorm", "Softmax", "BatchMatMul", "Erf", "ResizeBilinearV2")
+    return model_flags(cfg), ckpt, oracle, (2, 3, 48, 64), required
+
+
+def model_flags(cfg):
+    """export.py flags for the model a converted checkpoint holds (no YAML config)."""
+    keys = ["model", "backbone", "class_num", "image_size"]
+    if cfg.model == "segmenter":
+        keys += ["decoder", "decoder_layers"]
+    return ["--device_target=CPU"] + [f"--{k}={getattr(cfg, k)}" for k in keys]
+
+
+EXPORT_CASES = {
+    "segformer_b0": segformer_case,
+    "segmenter_tiny_mask": lambda tmp: segmenter_case(tmp, "mask_transformer"),
+    "segmenter_tiny_linear": lambda tmp: segmenter_case(tmp, "linear"),
+    "vit_tiny": vit_case,
+}
+
+
+def run_export_py(argv, capsys):
+    """export.py's main in this process (its setup_runtime patched out by the caller);
+    returns its stdout. A failure shows export.py's own error message."""
+    try:
+        load_tool("export.py").main(argv)
+    except SystemExit as exc:
+        pytest.fail(f"export.py exited {exc.code}: {capsys.readouterr().err[-2000:]}")
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_CASES))
+def test_export_py_is_reference_backend_and_matches_oracle(case, tmp_path, capsys,
+                                                           no_runtime_setup):
+    """export.py on this CPU machine, kernel_backend left at 'auto' (= cpu here): the MINDIR
+    holds standard operators only (Conv2D, LayerNorm, Softmax ...; no Custom/aot kernel, no
+    Im2Col), and the MINDIR (mindspore.load + GraphCell) and the ONNX file (onnxruntime)
+    both give the oracle's outputs within 1e-4 relative."""
     import onnxruntime as ort
-    from src.engine.export import export_network
-    ms.set_seed(0)
-    cfg = export_cfg(config, tmp_path, fmts[0], shape)
+    import torch
+    from src.models.backends import resolve_backend
+    from tests.vit_oracle import rel_err
+    # the point of the test: what this machine would build for training is the cpu backend
+    assert resolve_backend("auto", "CPU") == "cpu"
+    flags, ckpt, oracle, shape, required = EXPORT_CASES[case](tmp_path)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = oracle(x)
+    common_flags = [*flags, f"--export_ckpt_path={ckpt}", "--mode=PYNATIVE",
+                    f"--export_input_shape={','.join(map(str, shape))}",
+                    f"--export_file_name={tmp_path}/model"]
+
+    out = run_export_py(common_flags + ["--export_format=MINDIR"], capsys)
+    path = f"{tmp_path}/model.mindir"
+    assert f"to {path}" in out
+    census, nodes = check_standard_ops(path, required)
+    if case == "segformer_b0":  # Mix-FFN's 3x3 depthwise conv is a grouped Conv2D
+        assert any(op == "Conv2D" and attrs.get("group", 1) > 1 for op, attrs in nodes), census
+    got = nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
+    assert got.shape == ref.shape
+    assert rel_err(got, ref) < 1e-4, "MINDIR"
+
+    out = run_export_py(common_flags + ["--export_format=ONNX"], capsys)
+    assert f"to {tmp_path}/model.onnx" in out
+    session = ort.InferenceSession(f"{tmp_path}/model.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert got.shape == ref.shape
+    assert rel_err(got, ref) < 1e-4, "ONNX"
+
+
+class ConverterCornerCases(nn.Cell):
+    """Primitives whose ONNX form is easy to get subtly wrong, each output kept apart (flat,
+    concatenated) so no error averages away: ``GeLU`` (MindSpore's primitive is the tanh
+    form, erf would be off by up to 4e-4), ``PadV3`` (paddings from the last axis backwards,
+    asymmetric, a non-zero value; Segmenter's input padding), ``ReduceMean`` (opset 17 takes
+    its axes as an attribute) and a half-pixel bilinear resize down to one row."""
+
+    def __init__(self):
+        super().__init__()
+        self.gelu = ms.ops.GeLU()
+        self.mean = ms.ops.ReduceMean(keep_dims=True)
+        self.resize = ms.ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
+
+    def construct(self, x):
+        a = self.gelu(x)
+        b = ms.ops.pad(a, (1, 2, 3, 0), mode="constant", value=0.5)
+        c = self.mean(b, (2,))
+        d = self.resize(b, (1, 3))
+        return ms.ops.concat([t.reshape(1, -1) for t in (a, b, c, d)], axis=1)
+
+
+def test_onnx_converter_is_exact_on_corner_cases(tmp_path):
+    import onnxruntime as ort
+    from src.engine.mindir_to_onnx import mindir_to_onnx
+    net = ConverterCornerCases()
+    x = 2 * np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    ref = net(ms.Tensor(x)).asnumpy()
+    ms.export(net, ms.Tensor(x), file_name=str(tmp_path / "m"), file_format="MINDIR")
+    census, _ = mindir_census(str(tmp_path / "m.mindir"))
+    assert {"GeLU", "PadV3", "ReduceMean", "ResizeBilinearV2"} <= set(census), census
+    mindir_to_onnx(str(tmp_path / "m.mindir"), str(tmp_path / "m.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def test_export_refuses_cpu_backend_net(tmp_path):
+    """A net built on the cpu backend is refused (naming the layer and the backend) and
+    nothing is written: its graph, exported anyway, holds the compiled kernels."""
+    from src.engine.export import ExportError, export_network
+    cfg = export_cfg("vit.tiny.demo.yaml", tmp_path, "MINDIR", "1,3,32,32", "--kernel_backend=cpu")
     net = build_model(cfg)
     net.set_train(False)
-    x = np.random.default_rng(0).standard_normal([int(s) for s in shape.split(",")]).astype(np.float32)
-    ref = net(ms.Tensor(x)).asnumpy()
-    for fmt in fmts:
-        cfg.export_format = fmt
-        path = export_network(net, cfg, log=lambda m: None)
-        assert path == f"{tmp_path}/model.{fmt.lower()}"
-        if fmt == "MINDIR":
-            # standard ops only, never this machine's compiled CPU kernels (ops.Custom)
-            with open(path, "rb") as f:
-                assert b"cpu_kernels" not in f.read()
-            got = nn.GraphCell(ms.load(path))(ms.Tensor(x)).asnumpy()
-        else:
-            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            got = session.run(None, {session.get_inputs()[0].name: x})[0]
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4, fmt
+    # (the layer's class name is the backend's business; its path and the backends are ours)
+    with pytest.raises(ExportError, match=r"layer 'patch_embed\.proj' \(\w+\) is from the "
+                                          r"'cpu' kernel backend.*'reference' backend"):
+        export_network(net, cfg, log=lambda m: None)
+    assert not os.listdir(tmp_path)
+    # What the guard keeps out of a deployed file (and what mindir_census must see):
+    ms.export(net, ms.Tensor(np.zeros((1, 3, 32, 32), np.float32)),
+              file_name=str(tmp_path / "raw"), file_format="MINDIR")
+    census, nodes = mindir_census(str(tmp_path / "raw.mindir"))
+    assert census["Custom"] > 0 and census["Im2Col"] > 0
+    assert {"Custom", "Im2Col"} <= set(cpu_kernel_ops(nodes))
 
 
 def test_dynamic_hw_mindir_segformer(tmp_path):
-    """export_input_shape 1,3,-1,-1: one MINDIR that runs at any H/W (SegFormer)."""
-    from src.engine.export import export_network
+    """export_input_shape 1,3,-1,-1: one MINDIR that runs at any H/W (SegFormer), built on
+    the reference backend as export.py builds it."""
+    from src.engine.export import export_config, export_network
     ms.set_seed(0)
     cfg = export_cfg("segformer.b0.demo.yaml", tmp_path, "MINDIR", "1,3,-1,-1")
-    net = build_model(cfg)
+    net = build_model(export_config(cfg))
     net.set_train(False)
-    graph = nn.GraphCell(ms.load(export_network(net, cfg, log=lambda m: None)))
-    for shape in ((1, 3, 64, 128), (1, 3, 96, 64)):
+    path = export_network(net, cfg, log=lambda m: None)
+    check_standard_ops(path, ("LayerNorm", "Softmax", "ResizeBilinearV2"))
+    graph = nn.GraphCell(ms.load(path))
+    for shape in ((1, 3, 64, 128), (1, 3, 96, 64), (1, 3, 70, 101)):
         x = ms.Tensor(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
         ref = net(x).asnumpy()
         got = graph(x).asnumpy()
-        assert got.shape == ref.shape == (1, 19, shape[2] // 4, shape[3] // 4)
+        assert got.shape == ref.shape == (1, 19, -(-shape[2] // 4), -(-shape[3] // 4))
         assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
 
 

@@ -204,6 +204,13 @@ class _Converter:
         else:
             raise OnnxConversionError(f"MindSpore primitive '{op}' has no ONNX mapping in "
                                       f"src/engine/mindir_to_onnx.py")
+        # Every output's static shape, as MindSpore recorded it: handlers that need an input's
+        # rank (MatMul transposes, StridedSlice) read it from here.
+        result = self.alias[out]
+        results = result if isinstance(result, tuple) else (result,)
+        for name, static in zip(results, shapes):
+            if isinstance(name, str) and static is not None:
+                self.shapes.setdefault(name, static)
 
     def _prim_attrs(self, node):
         prim = self.prims.get(node.op_type.split("::")[-1])
@@ -236,10 +243,22 @@ class _Converter:
     def op_Cast(self, node, ins, shapes):
         raise OnnxConversionError("Cast (mixed precision) in the graph: export with amp_level O0")
 
+    # MindSpore's data_format enum (op_enum.str_to_enum): NCHW 0, NHWC 1, NCDHW 14.
+    _CHANNEL_FIRST, _CHANNEL_LAST = (0, 14), (1,)
+
+    def _format(self, ins, index, op):
+        fmt = int(self.const(ins[index], f"{op} data_format")) if len(ins) > index else 0
+        if fmt not in self._CHANNEL_FIRST + self._CHANNEL_LAST:
+            raise OnnxConversionError(f"{op} with data_format enum {fmt} is not supported")
+        return fmt
+
     def op_BiasAdd(self, node, ins, shapes):
         rank = len(shapes[0])
         bias = self.ref(ins[1])
-        if rank > 2:  # channel dimension 1 (NCHW); MindSpore's data_format NHWC is not used here
+        # The bias runs along the channel axis: 1 for NCHW/NCDHW (the last one for rank 2),
+        # the last one for NHWC; ONNX Add broadcasts from the right, so channel-first biases
+        # become [1, C, 1, ...].
+        if rank > 2 and self._format(ins, 2, "BiasAdd") in self._CHANNEL_FIRST:
             channels = shapes[0][1]
             bias = self.emit("Reshape", [bias, self.const_input([1, channels] + [1] * (rank - 2),
                                                                   np.int64)])
@@ -251,7 +270,10 @@ class _Converter:
         trans_b = bool(self.const(ins[3], "MatMul transpose_b")) if len(ins) > 3 else False
         for flag, idx in ((trans_a, 0), (trans_b, 1)):
             if flag:
-                rank = len(self.shapes.get(a if idx == 0 else b) or [0, 0])
+                operand = self.shapes.get(a if idx == 0 else b)
+                if operand is None:  # the swapped axes are the last two: the rank must be known
+                    raise OnnxConversionError(f"{node.op_type}: transposed operand of unknown rank")
+                rank = len(operand)
                 perm = list(range(rank - 2)) + [rank - 1, rank - 2]
                 t = self.emit("Transpose", [a if idx == 0 else b], perm=perm)
                 a, b = (t, b) if idx == 0 else (a, t)
@@ -265,20 +287,30 @@ class _Converter:
         axis = axis[0] if isinstance(axis, tuple) else axis
         return self.emit("Softmax", [self.ref(ins[0])], shape=shapes[0], axis=int(axis))
 
-    def _reduce(self, onnx_op, ins, shapes, keep_index):
+    def _reduce(self, onnx_op, ins, shapes, keep_index, axes_as_input):
+        """MindSpore reduce ``(x, axis, keep_dims[, skip_mode])``: an empty axis reduces every
+        axis, or none when ``skip_mode`` (ReduceSum) is set."""
+        x = self.ref(ins[0])
         axis = self.const(ins[1], "reduce axis")
-        axes = list(axis) if isinstance(axis, tuple) else [int(axis)]
+        axes = [int(a) for a in axis] if isinstance(axis, (tuple, list, np.ndarray)) else [int(axis)]
         keep = int(bool(self.const(ins[keep_index], "reduce keep_dims")))
         if not axes:
-            axes = list(range(len(self.shapes.get(self.ref(ins[0])) or [])))
-        return self.emit(onnx_op, [self.ref(ins[0]), self.const_input(axes, np.int64)],
-                         shape=shapes[0], keepdims=keep)
+            if len(ins) > keep_index + 1 and bool(self.const(ins[keep_index + 1], "skip_mode")):
+                return self.emit("Identity", [x], shape=shapes[0])
+            if x not in self.shapes:
+                raise OnnxConversionError(f"{onnx_op} over all axes of a tensor of unknown rank")
+            axes = list(range(len(self.shapes[x])))
+        if axes_as_input:       # opset 13+: ReduceSum takes the axes as an input
+            return self.emit(onnx_op, [x, self.const_input(axes, np.int64)], shape=shapes[0],
+                             keepdims=keep)
+        return self.emit(onnx_op, [x], shape=shapes[0], axes=axes, keepdims=keep)
 
     def op_ReduceSum(self, node, ins, shapes):
-        return self._reduce("ReduceSum", ins, shapes, 2)
+        return self._reduce("ReduceSum", ins, shapes, 2, axes_as_input=True)
 
     def op_ReduceMean(self, node, ins, shapes):
-        return self._reduce("ReduceMean", ins, shapes, 2)
+        # opset 17's ReduceMean still takes its axes as an attribute (an input from opset 18)
+        return self._reduce("ReduceMean", ins, shapes, 2, axes_as_input=False)
 
     def op_Concat(self, node, ins, shapes):
         tensors = self.ref(ins[0])
@@ -332,6 +364,8 @@ class _Converter:
             raise OnnxConversionError("BatchNorm in training mode in the graph: export an "
                                       "inference network (net.set_train(False))")
         eps = float(self.const(ins[6], "BatchNorm epsilon"))
+        if self._format(ins, 8, "BatchNorm") not in self._CHANNEL_FIRST:
+            raise OnnxConversionError("BatchNorm with data_format NHWC is not supported")
         y = self.emit("BatchNormalization", [self.ref(i) for i in ins[:5]], shape=shapes[0],
                       epsilon=eps)
         return (y, None, None, None, None)
@@ -344,13 +378,41 @@ class _Converter:
                          shape=shapes[0], mode="linear", coordinate_transformation_mode=mode)
 
     def op_GeLU(self, node, ins, shapes):
-        # exact GELU: x * 0.5 * (1 + erf(x / sqrt(2)))
+        """MindSpore's ``GeLU`` primitive (``nn.GELU(approximate=True)``, ``ops.gelu`` with
+        ``approximate='tanh'``) is the tanh form, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
+        x^3))), not erf: writing erf here would differ by up to 4e-4. (The exact GELU that
+        every model here uses reaches the MINDIR as Div/Erf/Add/Mul.)"""
         x = self.ref(ins[0])
-        scaled = self.emit("Div", [x, self.const_input(np.float32(np.sqrt(2.0)))])
-        erf = self.emit("Erf", [scaled])
-        one = self.emit("Add", [erf, self.const_input(np.float32(1.0))])
+        cube = self.emit("Mul", [self.emit("Mul", [x, x]), x])
+        inner = self.emit("Add", [x, self.emit("Mul", [cube, self.const_input(np.float32(0.044715))])])
+        scaled = self.emit("Mul", [inner, self.const_input(np.float32(np.sqrt(2.0 / np.pi)))])
+        one = self.emit("Add", [self.emit("Tanh", [scaled]), self.const_input(np.float32(1.0))])
         half = self.emit("Mul", [x, self.const_input(np.float32(0.5))])
         return self.emit("Mul", [half, one], shape=shapes[0])
+
+    def op_PadV3(self, node, ins, shapes):
+        """``ops.pad`` (Segmenter pads its input to a multiple of the patch size). MindSpore
+        lists the paddings as (begin, end) pairs per axis from the last axis backwards (as
+        torch.nn.functional.pad); ONNX wants all begins, then all ends, from the first axis.
+        Negative paddings crop in both."""
+        attrs = self._prim_attrs(node)
+        mode = str(attrs.get("mode", "constant"))
+        if mode != "constant":
+            raise OnnxConversionError(f"PadV3 mode '{mode}' is not supported (constant only)")
+        if not attrs.get("paddings_contiguous", True):  # ops.pad always writes pairs
+            raise OnnxConversionError("PadV3 with paddings_contiguous=False is not supported")
+        paddings = [int(p) for p in np.asarray(self.const(ins[1], "PadV3 paddings")).ravel()]
+        pairs = [(paddings[2 * i], paddings[2 * i + 1]) for i in range(len(paddings) // 2)]
+        rank = len(shapes[0])
+        begins, ends = [0] * rank, [0] * rank
+        for i, (begin, end) in enumerate(pairs):
+            begins[rank - 1 - i], ends[rank - 1 - i] = begin, end
+        inputs = [self.ref(ins[0]), self.const_input(begins + ends, np.int64)]
+        if len(ins) > 2:
+            value = np.asarray(self.const(ins[2], "PadV3 constant value")).reshape(())
+            inputs.append(self.const_input(value.astype(np.float32) if value.dtype == np.float64
+                                           else value))
+        return self.emit("Pad", inputs, shape=shapes[0], mode="constant")
 
     def op_Conv2D(self, node, ins, shapes):
         attrs = self._prim_attrs(node)
