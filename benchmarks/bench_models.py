@@ -1,7 +1,7 @@
 """Speed and memory of our MindSpore models against the PyTorch reference (HF transformers).
 
     python benchmarks/bench_models.py [--cases b0_fwd_512x1024 vit_b16_fwd_b8 ...]
-        [--runners ms_graph ms_pynative torch] [--repeats 5] [--warmup 1] [--threads 2]
+        [--runners ms_graph ms_graph_reference ms_pynative torch] [--repeats 5] [--warmup 1] [--threads 2]
         [--quick] [--out bench.json] [--data-config config/segformer.b0.demo.yaml]
 
 Not a test (needs requirements-dev: torch + transformers). Every (case, runner) pair runs
@@ -49,7 +49,10 @@ CASES = {
     "b0_slide_city": dict(kind="segformer_slide", shape=(1, 3, 1024, 2048)),
     "data_pipeline": dict(kind="data", shape=None),
 }
-RUNNERS = ("ms_graph", "ms_pynative", "torch")
+# ms_graph / ms_pynative: the cpu kernel backend (kernel_backend auto on this CPU);
+# ms_graph_reference: the reference backend in GRAPH mode, the graph an exported MINDIR holds
+RUNNERS = ("ms_graph", "ms_graph_reference", "ms_pynative", "torch")
+BACKENDS = {"ms_graph": "cpu", "ms_graph_reference": "reference", "ms_pynative": "cpu"}
 NUM_CLASSES = 19
 VIT_CLASSES = 1000
 SLIDE_CROP, SLIDE_STRIDE = (1024, 1024), (768, 768)
@@ -106,12 +109,13 @@ def ms_setup(mode, threads):
     import mindspore as ms
     ms.set_device("CPU")
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "ms_graph" else ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.PYNATIVE_MODE if mode == "ms_pynative" else ms.GRAPH_MODE)
     return ms
 
 
-def ms_cfg(model, overrides=()):
+def ms_cfg(model, runner, overrides=()):
     from src.utils.config import load_config
+    overrides = [f"--kernel_backend={BACKENDS[runner]}", *overrides]
     if model == "segformer":
         args = ["--model=segformer", "--backbone=mit_b0", f"--class_num={NUM_CLASSES}"]
     else:
@@ -129,13 +133,14 @@ def ms_case(case, mode, threads, warmup, repeats):
         return ms_data_pipeline(warmup, repeats)
     x = make_input(shape)
     if kind in ("segformer_fwd", "vit_fwd"):
-        net = build_model(ms_cfg("segformer" if kind == "segformer_fwd" else "vit"))
+        net = build_model(ms_cfg("segformer" if kind == "segformer_fwd" else "vit", mode))
         net.set_train(False)
         images = ms.Tensor(x)
         fn = lambda: net(images).asnumpy()  # noqa: E731  (asnumpy waits for the result)
     elif kind == "segformer_slide":
         from src.engine.inference import SegInferencer
-        cfg = ms_cfg("segformer", ["--eval_mode=slide", f"--eval_crop_size={list(SLIDE_CROP)}",
+        cfg = ms_cfg("segformer", mode, ["--eval_mode=slide",
+                                         f"--eval_crop_size={list(SLIDE_CROP)}",
                                    f"--eval_stride={list(SLIDE_STRIDE)}"])
         net = build_model(cfg)
         net.set_train(False)
@@ -146,7 +151,7 @@ def ms_case(case, mode, threads, warmup, repeats):
         from src.engine.loss import build_loss
         from src.engine.optim import build_optimizer
         from src.engine.train_step import TrainStep
-        cfg = ms_cfg("segformer", ["--optimizer=adamw"])
+        cfg = ms_cfg("segformer", mode, ["--optimizer=adamw"])
         net = build_model(cfg)
         net.set_train(True)
         step = TrainStep(net, build_loss(cfg), build_optimizer(net, cfg), build_loss_scaler(cfg))
@@ -270,7 +275,7 @@ def fmt(value, spec):
 
 
 def print_table(results):
-    head = (f"{'case':18s} {'runner':12s} {'median s':>9s} {'min s':>8s} {'RSS MiB':>8s} "
+    head = (f"{'case':18s} {'runner':18s} {'median s':>9s} {'min s':>8s} {'RSS MiB':>8s} "
             f"{'x torch':>8s} {'RSS x':>6s} {'goal':>5s}")
     print(head)
     print("-" * len(head))
@@ -279,14 +284,14 @@ def print_table(results):
             if r is None:
                 continue
             if "error" in r:
-                print(f"{case:18s} {runner:12s} ERROR {r['error'][:200]}")
+                print(f"{case:18s} {runner:18s} ERROR {r['error'][:200]}")
                 continue
             if "images_per_second" in r:
-                print(f"{case:18s} {runner:12s} {r['images_per_second']:.2f} images/s "
+                print(f"{case:18s} {runner:18s} {r['images_per_second']:.2f} images/s "
                       f"({r['config']}), RSS {r['peak_rss_mb']:.0f} MiB")
                 continue
             ratio = r.get("ratio")
-            print(f"{case:18s} {runner:12s} {r['median_s']:9.3f} {r['min_s']:8.3f} "
+            print(f"{case:18s} {runner:18s} {r['median_s']:9.3f} {r['min_s']:8.3f} "
                   f"{r['peak_rss_mb']:8.0f} {fmt(ratio, '8.2f')} "
                   f"{fmt(r.get('rss_ratio'), '6.2f')} "
                   f"{fmt(GOALS.get(case) if runner != 'torch' else None, '5.1f')}")

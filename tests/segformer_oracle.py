@@ -3,7 +3,7 @@ random weights and random BatchNorm statistics, plus the upstream on-disk format
 from it (HF hub names, NVlabs/mmseg fine-tuned names, NVlabs ImageNet ``mit_bX.pth``).
 
 The name mappings here are written from the upstream projects' key lists (anchors.md),
-independently of ``src/utils/convert``.
+independently of ``src/convert``.
 """
 import os
 

@@ -12,7 +12,7 @@
   official description (anchors.md section 2), with the official parameter names.
 
 The name mappings are written from the upstream key lists, independently of
-``src/utils/convert``.
+``src/convert``.
 """
 import numpy as np
 import torch

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.utils.checkpoint import CheckpointError  # noqa: E402
 from src.utils.config import ConfigError, split_cli  # noqa: E402
-from src.utils.convert import ConversionError, convert_checkpoint  # noqa: E402
+from src.convert import ConversionError, convert_checkpoint  # noqa: E402
 
 USAGE = ("usage: convert_model.py --pt_model_path=IN.pth|.bin|.safetensors "
          "--ms_model_path=OUT.ckpt [--config_path=C.yaml] [--drop_head=False] [--key=value ...]")

@@ -16,7 +16,7 @@ line here. ``tools/convert_model.py`` drives it; ``convert_checkpoint`` is the w
 """
 import os
 
-from src.utils.convert import segformer_formats, vit_formats
+from src.convert import segformer_formats, vit_formats
 
 FORMATS = [
     *segformer_formats.FORMATS,  # NVlabs/mmseg-0.x fine-tuned, HF transformers, NVlabs ImageNet MiT

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from src.utils.convert.common import check_class_count
+from src.convert.common import check_class_count
 
 P = r"(?P<p>weight|bias)"
 N = r"(?P<stage>\d)"        # 1-based stage (NVlabs)

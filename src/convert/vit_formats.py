@@ -20,7 +20,7 @@ or ``decoder.head``) whose class count differs from ``cfg.class_num`` are an err
 """
 import re
 
-from src.utils.convert.common import check_class_count
+from src.convert.common import check_class_count
 
 # timm ViT encoder tensors (identical names in our VisionTransformer).
 VIT_ENCODER = [

@@ -30,20 +30,13 @@ from src.data.transforms import normalize, rescale_size, resize_image, to_chw
 EVAL_MODES = ("whole", "slide")
 
 
-def is_training_state(name):
-    """Checkpoint entries of train.py that are not network weights: the optimiser state
-    (``optimizer.*``) and the trainer's scalars (epoch, global step, loss scale ...)."""
-    from src.engine.optim import STATE_PREFIX
-    from src.engine.trainer import STATE_KEYS
-    return name.startswith(STATE_PREFIX) or name in STATE_KEYS
-
-
 def load_trained_net(cfg, ckpt_path, log=print):
     """``build_model(cfg)`` with every weight from ``ckpt_path`` (a train.py checkpoint or a
     converted one), in inference mode. Anything missing, unexpected or mis-shaped is a
     CheckpointError naming the checkpoint, the config's model and the first bad tensor."""
     from src.models import build_model
-    from src.utils.checkpoint import CheckpointError, load_checkpoint, load_into_net
+    from src.utils.checkpoint import (CheckpointError, is_training_state, load_checkpoint,
+                                      load_into_net)
 
     if not ckpt_path:
         raise CheckpointError("no checkpoint given (--eval_ckpt_path / --infer_ckpt_path / "

@@ -26,10 +26,10 @@ from mindspore import nn, ops
 from mindspore.common.parameter import ParameterTuple
 
 from src.engine.schedules import group_lr_multipliers
+from src.utils.checkpoint import OPTIMIZER_STATE_PREFIX as STATE_PREFIX
 
 HEAD_PREFIXES = ("decode_head.", "decoder.", "head.")
 OPTIMIZERS = ("adamw", "sgd")
-STATE_PREFIX = "optimizer."
 
 
 class OptimizerError(ValueError):

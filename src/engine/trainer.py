@@ -40,11 +40,7 @@ from src.engine.train_step import TrainStep
 from src.models import is_segmentation
 from src.utils.checkpoint import (TMP_SUFFIX, CheckpointError, load_checkpoint, load_into_net,
                                   save_checkpoint)
-
-# Training-state entries stored beside the weights. Dot-less scalar names: eval/infer
-# (src/engine/inference.is_training_state) recognise and skip them.
-STATE_KEYS = ("epoch", "global_step", "steps_per_epoch", "loss_scale", "loss_scale_counter",
-              "best_metric", "best_epoch", "overflow_steps")
+from src.utils.checkpoint import TRAINING_STATE_KEYS as STATE_KEYS
 RANK_SAVE_CKPT = ("rank0", "all")
 
 

@@ -11,6 +11,18 @@ import mindspore as ms
 
 TMP_SUFFIX = ".tmp.ckpt"
 
+# A train.py checkpoint holds, beside the network weights, the optimiser state (names under
+# OPTIMIZER_STATE_PREFIX) and the trainer's dot-less scalars (TRAINING_STATE_KEYS); eval,
+# infer and export skip both (is_training_state).
+OPTIMIZER_STATE_PREFIX = "optimizer."
+TRAINING_STATE_KEYS = ("epoch", "global_step", "steps_per_epoch", "loss_scale",
+                       "loss_scale_counter", "best_metric", "best_epoch", "overflow_steps")
+
+
+def is_training_state(name):
+    """True for checkpoint entries of train.py that are not network weights."""
+    return name.startswith(OPTIMIZER_STATE_PREFIX) or name in TRAINING_STATE_KEYS
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read, or does not fit the network."""

@@ -11,7 +11,7 @@ from mindspore.nn.utils import no_init_parameters
 from src.models import build_model
 from src.utils.checkpoint import load_checkpoint, load_into_net
 from src.utils.config import load_config
-from src.utils.convert import convert_checkpoint
+from src.convert import convert_checkpoint
 from tests.vit_oracle import (LinearDecoderRef, MaskTransformerRef, hf_vit,
                               official_segmenter_state, rel_err, segmenter_reference)
 

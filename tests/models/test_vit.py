@@ -14,7 +14,7 @@ from src.models.layers import DropPath
 from src.models.vit import VIT_SETTINGS, resize_pos_embed
 from src.utils.checkpoint import load_checkpoint, load_into_net
 from src.utils.config import load_config
-from src.utils.convert import convert_checkpoint
+from src.convert import convert_checkpoint
 from tests.vit_oracle import hf_at_size, hf_to_timm, hf_vit, rel_err
 from tests.vit_oracle import resize_pos_embed as resize_pos_embed_ref
 

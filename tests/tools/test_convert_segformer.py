@@ -12,7 +12,7 @@ from mindspore.nn.utils import no_init_parameters
 from src.models import build_model
 from src.utils.checkpoint import CheckpointError, load_pretrained
 from src.utils.config import load_config
-from src.utils.convert import ConversionError, convert_checkpoint
+from src.convert import ConversionError, convert_checkpoint
 from tests.segformer_oracle import (hf_config, hf_segformer, rel_err, save_hf,
                                     save_nvlabs_finetuned, save_nvlabs_imagenet)
 from transformers import SegformerForSemanticSegmentation

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from src.models import build_model
 from src.utils.checkpoint import load_checkpoint, load_pretrained
-from src.utils.convert import ConversionError, convert_checkpoint
+from src.convert import ConversionError, convert_checkpoint
 from tests.vit_oracle import MaskTransformerRef, hf_to_timm, hf_vit, official_segmenter_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
