@@ -5,8 +5,6 @@ The network returns logits ``[N, class_num, H/4, W/4]``; callers upsample biline
 """
 import functools
 
-from mindspore import nn
-
 from src.models.layers import batch_norm_2d
 from src.models.mit import MIT_SETTINGS, mit
 from src.models.segformer_head import SegFormerHead

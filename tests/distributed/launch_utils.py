@@ -41,3 +41,13 @@ def log_tails(log_dir, chars=3000):
 
 def run(cmd, env, timeout, cwd=REPO):
     return subprocess.run(cmd, cwd=cwd, env=env, timeout=timeout, capture_output=True, text=True)
+
+
+def run_msrun_two_ranks(worker, out, logs, timeout):
+    """``worker out`` as a real 2-rank msrun job on this machine; asserts that it succeeded."""
+    cmd = [sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2",
+           "--local_worker_num=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           f"--log_dir={logs}", "--join=True", worker, str(out)]
+    proc = run(cmd, python_env(), timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log_tails(logs)
+    return proc

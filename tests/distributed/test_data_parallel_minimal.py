@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.distributed.launch_utils import free_port, log_tails, python_env, run
+from tests.distributed.launch_utils import python_env, run, run_msrun_two_ranks
 
 pytestmark = pytest.mark.slow   # subprocesses: a real 2-rank msrun job
 
@@ -39,11 +39,7 @@ def numpy_sgd(batches_per_step, x, y, w, b, lr):
 def test_two_ranks_average_gradients_over_disjoint_shards(tmp_path):
     wk = _worker_module()
     out, logs = tmp_path / "out", tmp_path / "logs"
-    cmd = [sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2",
-           "--local_worker_num=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           f"--log_dir={logs}", "--join=True", WORKER, str(out)]
-    proc = run(cmd, python_env(), timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log_tails(logs)
+    run_msrun_two_ranks(WORKER, out, logs, timeout=120)
     single = run([sys.executable, WORKER, str(out), "--single"], python_env(), timeout=120)
     assert single.returncode == 0, single.stderr[-3000:]
 

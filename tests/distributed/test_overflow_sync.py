@@ -5,12 +5,11 @@ gradients are non-finite at one step. Both ranks must report the overflow, skip 
 and halve the loss scale, and end with bit-identical weights.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from tests.distributed.launch_utils import free_port, log_tails, python_env, run
+from tests.distributed.launch_utils import run_msrun_two_ranks
 
 pytestmark = pytest.mark.slow   # subprocesses: a real 2-rank msrun job
 
@@ -22,11 +21,7 @@ STEPS, BAD_STEP, LOSS_SCALE = 3, 1, 1024.0
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("overflow")
     out, logs = tmp / "out", tmp / "logs"
-    cmd = [sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2",
-           "--local_worker_num=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           f"--log_dir={logs}", "--join=True", WORKER, str(out)]
-    proc = run(cmd, python_env(), timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log_tails(logs)
+    run_msrun_two_ranks(WORKER, out, logs, timeout=240)
     return [np.load(out / f"rank{r}.npz") for r in (0, 1)]
 
 
