@@ -27,7 +27,7 @@ from src.engine.infer_images import InferInputError, list_images
 from src.models import build_model
 from src.utils.checkpoint import save_checkpoint
 from src.utils.config import load_config
-from src.utils.defaults import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from src.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES, PALETTE as CITYSCAPES_PALETTE
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(ROOT)

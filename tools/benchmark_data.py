@@ -28,7 +28,7 @@ def _forever(data):
 
 
 def images_per_second(cfg, batches):
-    it = _forever(create_dataset(cfg, cfg.dataset.train_split))
+    it = _forever(create_dataset(cfg, "train"))
     for _ in range(WARMUP_BATCHES):
         next(it)
     start = time.perf_counter()

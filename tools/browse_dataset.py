@@ -3,7 +3,7 @@
     python tools/browse_dataset.py CONFIG [--out DIR] [--num N] [--split train] [--key=value ...]
 
 Segmentation: each PNG is [augmented image | the same with the label overlaid in
-``dataset.palette`` colours]; ignored pixels (``ignore_label``) stay uncoloured and
+the dataset's colours]; ignored pixels (``ignore_label``) stay uncoloured and
 padding shows the mean colour (0 after normalisation). Classification: each PNG is one augmented (mixed) image, named by
 its top soft-target class.
 """
@@ -16,8 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.data import DataError, SegTrainSource, create_dataset, list_samples  # noqa: E402
-from src.data.verify import is_classification  # noqa: E402
+from src.data import DataError, create_dataset, dataset_spec, palette, train_source  # noqa: E402
 from src.utils.config import ConfigError, load_config  # noqa: E402
 
 OVERLAY_ALPHA = 0.5
@@ -38,8 +37,9 @@ def overlay(image, label, palette, ignore_label):
 
 
 def browse_segmentation(cfg, split, out_dir, num):
-    samples = list_samples(cfg, split)
-    source = SegTrainSource(samples, cfg, cfg.seed)
+    source = train_source(cfg, split)
+    samples = source.samples
+    colours = palette(cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(samples))
     written = []
     for k in range(num):
@@ -48,7 +48,7 @@ def browse_segmentation(cfg, split, out_dir, num):
         image, label = source[key]
         rgb = denormalize(image, cfg.img_norm_mean, cfg.img_norm_std)
         gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
-        panel = np.concatenate([rgb, gap, overlay(rgb, label, cfg.dataset.palette, cfg.ignore_label)], 1)
+        panel = np.concatenate([rgb, gap, overlay(rgb, label, colours, cfg.ignore_label)], 1)
         stem = os.path.basename(samples[index][0]).rsplit(".", 1)[0]
         path = os.path.join(out_dir, f"{k:03d}_{stem}.png")
         Image.fromarray(panel).save(path)
@@ -58,7 +58,7 @@ def browse_segmentation(cfg, split, out_dir, num):
 
 def browse_classification(cfg, split, out_dir, num):
     data = create_dataset(cfg, split)
-    names = sorted(os.listdir(os.path.join(cfg.data_path, cfg.dataset.train_split)))
+    names = sorted(os.listdir(os.path.join(cfg.data_path, dataset_spec(cfg).train_split)))
     written = []
     for images, targets in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         for image, target in zip(images, targets):
@@ -86,9 +86,10 @@ def main(argv=None):
     if args.num < 1:
         p.error(f"--num must be >= 1, got {args.num}")
     os.makedirs(args.out, exist_ok=True)
-    split = args.split or cfg.dataset.train_split
     try:
-        if is_classification(cfg):
+        spec = dataset_spec(cfg)
+        split = spec.split_name(args.split or "train")
+        if spec.task == "classification":
             written = browse_classification(cfg, split, args.out, args.num)
         else:
             written = browse_segmentation(cfg, split, args.out, args.num)

@@ -1,12 +1,15 @@
 """Scan a dataset and list every problem before training (like mmcls' verify_dataset).
 
     python tools/verify_dataset.py config/segformer.b0.512x1024.city.yaml [--data_path DIR]
-        [--split train|val|all] [--nproc N] [--key=value ...]
+        [--split train|val|all|<folder>] [--nproc N] [--key=value ...]
 
-Checks the layout (root and split dirs, image without label and vice versa, empty split)
-and then every file: image and label decode completely (corrupt/truncated files), label
-size equals image size, label values in [0, class_num) or ignore_label. For ImageNet-style
-configs: class folders and every image decodes. Exit status 1 when anything is wrong.
+Lists the split with the code training uses (the dataset module's ``scan``), reports every
+layout problem (root and split dirs, image without label and vice versa, empty split) and
+then checks every sample it found, so one run reports everything: image and label decode
+completely (corrupt/truncated files), label size equals image size, label values allowed
+by the dataset's label rule (e.g. ADE20K: 0..150 before reduce_zero_label). For
+ImageNet-style configs: class folders and every image decodes. Exit status 1 when
+anything is wrong.
 """
 import argparse
 import os
@@ -14,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.data.verify import verify_split  # noqa: E402
+from src.data import DataError, dataset_spec, verify_split  # noqa: E402
 from src.utils.config import ConfigError, load_config  # noqa: E402
 
 
@@ -28,15 +31,19 @@ def main(argv=None):
         cfg = load_config(args.config, overrides)  # --data_path=... and any other key
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
-    splits = [cfg.dataset.train_split, cfg.dataset.val_split] if args.split == "all" else [args.split]
+    try:
+        spec = dataset_spec(cfg)
+    except DataError as err:
+        raise SystemExit(f"config error: {err}") from None
+    splits = ["train", "val"] if args.split == "all" else [args.split]
     failed = 0
-    for split in splits:
+    for split in (spec.split_name(s) for s in splits):
         problems = verify_split(cfg, split, nproc=args.nproc)
         failed += len(problems)
         status = "OK" if not problems else f"{len(problems)} problem(s)"
-        print(f"[{split}] {cfg.data_path}: {status}")
+        print(f"[{split}] {cfg.data_path} ({spec.name}): {status}")
         for problem in problems:
-            print(f"  - {problem}")
+            print("  - " + problem.replace("\n", "\n    "))
     return 1 if failed else 0
 
 

@@ -46,7 +46,7 @@ def parse_args(argv):
 def dataset_steps_per_epoch(cfg, num_devices):
     """Batches per device and epoch of the training split, as the trainer sees them."""
     from src.data import create_dataset
-    return int(create_dataset(cfg, cfg.dataset.train_split, 0, num_devices).get_dataset_size())
+    return int(create_dataset(cfg, "train", 0, num_devices).get_dataset_size())
 
 
 def lr_curves(cfg, steps_per_epoch):

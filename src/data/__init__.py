@@ -1,28 +1,24 @@
-"""Datasets: ``create_dataset(cfg, split, rank_id=0, group_size=1)``.
+"""Datasets, through one registry (``src/data/registry.py``): ``dataset.name`` picks the
+module ``src/data/<name>.py`` (cityscapes, ade20k, custom, imagenet), which owns its file
+listing, classes and palette, label rule and checks.
 
-- Segmentation (``cfg.dataset.name`` cityscapes or custom): train batches are
+- ``create_dataset(cfg, split, rank_id=0, group_size=1)``: segmentation train batches are
   ("image" float32 [B,3,crop_h,crop_w], "label" int32 [B,crop_h,crop_w], 255 = ignore);
   other splits give eval batches (image at eval_base_size, label at full resolution).
-  For evaluation with file names use ``SegEvalSource`` directly.
-- Classification (``cfg.dataset.name`` imagenet, or ``cfg.model`` vit): train batches are
-  ("image" float32 [B,3,S,S], "label" float32 [B,class_num] soft targets); eval batches
-  have int32 labels [B].
+  Classification (imagenet): train ("image" float32 [B,3,S,S], "label" float32
+  [B,class_num] soft targets), eval int32 labels [B]. ``split`` is "train", "val" (the
+  dataset's own split folders, e.g. ADE20K's training / validation) or a folder name.
+- ``list_samples``, ``verify_split`` (every problem of a split, from the same listing),
+  ``train_source`` / ``eval_source`` (random-access segmentation sources),
+  ``dataset_spec``, ``class_names``, ``palette``.
 
 Steps per epoch: ``dataset.get_dataset_size()``. Every data problem raises ``DataError``
 naming the file and the rule.
 """
-from src.data.cityscapes import SegEvalSource, SegTrainSource, ShardSampler, create_seg_dataset, list_samples
-from src.data.imagenet import create_imagenet_dataset
+from src.data.registry import (DatasetSpec, class_names, create_dataset, dataset_module, dataset_spec,
+                               eval_source, list_samples, palette, train_source, verify_split)
+from src.data.sampling import ShardSampler
 from src.data.transforms import DataError
-from src.data.verify import is_classification, verify_split
 
-__all__ = ["create_dataset", "SegEvalSource", "SegTrainSource", "ShardSampler", "DataError",
-           "list_samples", "verify_split"]
-
-
-def create_dataset(cfg, split, rank_id=0, group_size=1):
-    """Batched ``mindspore.dataset`` of ``split`` ("train", "val", or the names in
-    cfg.dataset.train_split / val_split) for rank ``rank_id`` of ``group_size``."""
-    if is_classification(cfg):
-        return create_imagenet_dataset(cfg, split, rank_id, group_size)
-    return create_seg_dataset(cfg, split, rank_id, group_size)
+__all__ = ["DataError", "DatasetSpec", "ShardSampler", "class_names", "create_dataset", "dataset_module",
+           "dataset_spec", "eval_source", "list_samples", "palette", "train_source", "verify_split"]

@@ -21,51 +21,72 @@ import os
 
 import numpy as np
 
-from src.data.cityscapes import ShardSampler, _generator_kwargs, _listing
-from src.data.transforms import DataError
+from src.data.listing import Listing
+from src.data.sampling import ShardSampler, generator_kwargs
+from src.data.transforms import DataError, read_image
+
+TASK = "classification"
+CLASS_NAMES = ()  # the class folders' names, read from disk
+PALETTE = ()
+LAYOUT = {"img_dir": "", "ann_dir": "", "img_suffix": ".JPEG", "seg_map_suffix": "",
+          "train_split": "train", "val_split": "val", "reduce_zero_label": False}
 
 EVAL_CROP_RATIO = 0.875  # resize to size / 0.875 then center-crop size (224 <- 256)
 
 
-def class_folders(root, split):
-    folder = os.path.join(root, split)
+def _class_folders(folder):
+    return sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
+
+
+def scan(spec, split):
+    """``Listing`` of (path, class_index) for ``split``; class indices from the train
+    split's folders. Problems: missing root or split dir, no class folders, val classes
+    unknown to train, more classes than class_num, empty train class folders, no images."""
+    listing = Listing(split)
+    root, suffix = spec.root, spec.img_suffix.lower()
     if not os.path.isdir(root):
-        raise DataError(f"dataset root not found: data_path={root!r}")
-    if not os.path.isdir(folder):
-        raise DataError(f"split directory '{split}' not found: {folder} (expected <data_path>/{split}/<class>/)")
-    names = sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
-    if not names:
-        raise DataError(f"empty dataset: no class folders in {folder} (expected {folder}/<class>/*.JPEG)")
-    return names
-
-
-def list_samples(cfg, split):
-    """[(path, class_index), ...] for ``split``; class indices from the train folders."""
-    root, suffix = cfg.data_path, cfg.dataset.img_suffix.lower()
-    classes = class_folders(root, cfg.dataset.train_split)
-    if split != cfg.dataset.train_split:
-        unknown = sorted(set(class_folders(root, split)) - set(classes))
-        if unknown:
-            raise DataError(f"{os.path.join(root, split)}: class folders {unknown[:5]} are not in the "
-                            f"train split (rule: val classes are a subset of train classes)")
-    if len(classes) > cfg.class_num:
-        raise DataError(f"{os.path.join(root, split)}: {len(classes)} class folders but class_num="
-                        f"{cfg.class_num} (rule: class_num >= number of classes)")
-    samples, empty = [], []
+        listing.problem(f"dataset root not found: data_path={root!r}")
+        return listing
+    folders = {}
+    for name in dict.fromkeys((spec.train_split, split)):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            listing.problem(f"split directory '{name}' not found: {folder} "
+                            f"(expected <data_path>/{name}/<class>/)")
+        elif not _class_folders(folder):
+            listing.problem(f"empty dataset: no class folders in {folder} "
+                            f"(expected {folder}/<class>/*{spec.img_suffix})")
+        else:
+            folders[name] = _class_folders(folder)
+    if not listing.ok:
+        return listing
+    classes = folders[spec.train_split]
+    unknown = sorted(set(folders[split]) - set(classes))
+    if unknown:
+        listing.problem(f"{os.path.join(root, split)}: class folders {unknown[:5]} are not in the "
+                        f"train split (rule: val classes are a subset of train classes)")
+    if len(classes) > spec.class_num:
+        listing.problem(f"{os.path.join(root, split)}: {len(classes)} class folders but class_num="
+                        f"{spec.class_num} (rule: class_num >= number of classes)")
+    empty = []
     for index, name in enumerate(classes):
         folder = os.path.join(root, split, name)
         if not os.path.isdir(folder):
             continue  # a val split may lack some classes
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(suffix))
-        if not files and split == cfg.dataset.train_split:
+        if not files and split == spec.train_split:
             empty.append(folder)
-        samples.extend((os.path.join(folder, f), index) for f in files)
+        listing.samples.extend((os.path.join(folder, f), index) for f in files)
     if empty:
-        raise DataError(f"{len(empty)} class folder(s) hold no '*{cfg.dataset.img_suffix}' images:"
-                        f"{_listing(empty)}")
-    if not samples:
-        raise DataError(f"empty dataset: no '*{cfg.dataset.img_suffix}' images under {os.path.join(root, split)}")
-    return samples
+        listing.problem(f"{len(empty)} class folder(s) hold no '*{spec.img_suffix}' images:", empty)
+    if not listing.samples:
+        listing.problem(f"empty dataset: no '*{spec.img_suffix}' images under {os.path.join(root, split)}")
+    return listing
+
+
+def check_sample(spec, sample):
+    """The image decodes completely (DataError naming the file otherwise)."""
+    read_image(sample[0])
 
 
 def check_encoded(data, path):
@@ -118,16 +139,12 @@ def _auto_augment(name, interpolation):
     raise DataError(f"config: autoaugment={name!r}; expected '', 'autoaugment' or 'randaugment'")
 
 
-def create_imagenet_dataset(cfg, split, rank_id=0, group_size=1):
+def create_dataset(spec, cfg, split, samples, rank_id=0, group_size=1):
     import mindspore.dataset as ds
     import mindspore.dataset.transforms as transforms
     import mindspore.dataset.vision as vision
 
-    is_train = split == cfg.dataset.train_split
-    if cfg.check_data:
-        from src.data.verify import raise_on_problems, verify_imagenet_split
-        raise_on_problems(verify_imagenet_split(cfg, split))
-    samples = list_samples(cfg, split)
+    is_train = split == spec.train_split
     ds.config.set_seed(int(cfg.seed))
     inter = _interpolation(cfg.interpolation)
     mean, std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
@@ -140,7 +157,7 @@ def create_imagenet_dataset(cfg, split, rank_id=0, group_size=1):
                         f"{len(sampler)} samples of split '{split}' on this rank ({len(samples)} in all, "
                         f"{group_size} rank(s)); with drop_remainder no batch would be formed")
     data = ds.GeneratorDataset(ImageFolderSource(samples), ["image", "label"], sampler=sampler,
-                               **_generator_kwargs(cfg))
+                               **generator_kwargs(cfg))
     workers = max(1, int(cfg.dataset_num_parallel_workers))
 
     if is_train:

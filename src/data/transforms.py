@@ -58,16 +58,11 @@ def read_label(path):
         raise DataError(f"{path}: corrupt or truncated label image ({err})") from None
 
 
-def check_label(label, image_shape, label_path, image_path, class_num, ignore_label):
-    """Label size equals the image size; values are in [0, class_num) or ignore_label."""
+def check_label_size(label, image_shape, label_path, image_path):
+    """The label map has its image's size (values are the label rule's business)."""
     if label.shape[:2] != tuple(image_shape[:2]):
         raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs "
                         f"from its image {image_path} ({image_shape[1]}x{image_shape[0]})")
-    bad = (label >= class_num) & (label != ignore_label)
-    if bad.any():
-        values = np.unique(label[bad])
-        raise DataError(f"{label_path}: label values {values[:10].tolist()} outside [0, {class_num}) "
-                        f"and not the ignore label {ignore_label}")
 
 
 # ------------------------------------------------------------------------ geometry --

@@ -1,69 +1,31 @@
-"""Scan a whole dataset split and list every problem (tools/verify_dataset.py, and
-``--check_data=True`` before training), like mmcls' verify_dataset.
+"""Check every sample of a split and collect every problem, like mmcls' verify_dataset
+(``tools/verify_dataset.py``, and ``--check_data=True`` before training).
 
-Segmentation: layout problems (missing dirs, unpaired files, empty split) and, for every
-pair, corrupt/truncated image or label, label size != image size, label values outside
-[0, class_num) and not ignore_label. ImageNet-style: layout problems and every image
-fully decodable.
+The dataset module says what a problem is (its ``scan`` for the layout, its
+``check_sample`` for one sample's files); this module only runs the checks, in worker
+processes when asked, and never stops at the first failure.
 """
 import multiprocessing
+from functools import partial
 
-from src.data import cityscapes, imagenet
-from src.data.transforms import DataError, read_image
+from src.data.transforms import DataError
 
 
-def _check_pair(args):
-    image_path, label_path, class_num, ignore_label = args
+def _message(check, sample):
     try:
-        cityscapes.load_pair(image_path, label_path, class_num, ignore_label)
+        check(sample)
     except DataError as err:
         return str(err)
     return None
 
 
-def _check_image(path):
-    try:
-        read_image(path)
-    except DataError as err:
-        return str(err)
-    return None
-
-
-def _run(fn, jobs, nproc):
+def run_checks(check, samples, nproc=1):
+    """Messages of the samples for which ``check(sample)`` raises DataError, in order."""
+    job = partial(_message, check)
     if nproc <= 1:
-        results = map(fn, jobs)
-        return [r for r in results if r]
+        return [m for m in map(job, samples) if m]
     with multiprocessing.Pool(nproc) as pool:
-        return [r for r in pool.imap(fn, jobs, chunksize=8) if r]
-
-
-def verify_seg_split(cfg, split, nproc=1):
-    """All problems of a segmentation split, as messages (empty list: all good)."""
-    try:
-        cityscapes.check_class_table(cfg)
-        samples = cityscapes.list_samples(cfg, split)
-    except DataError as err:
-        return [str(err)]
-    jobs = [(img, lab, int(cfg.class_num), int(cfg.ignore_label)) for img, lab in samples]
-    return _run(_check_pair, jobs, nproc)
-
-
-def verify_imagenet_split(cfg, split, nproc=1):
-    try:
-        samples = imagenet.list_samples(cfg, split)
-    except DataError as err:
-        return [str(err)]
-    return _run(_check_image, [path for path, _ in samples], nproc)
-
-
-def verify_split(cfg, split, nproc=1):
-    if is_classification(cfg):
-        return verify_imagenet_split(cfg, split, nproc)
-    return verify_seg_split(cfg, split, nproc)
-
-
-def is_classification(cfg):
-    return cfg.dataset.name == "imagenet" or cfg.model == "vit"
+        return [m for m in pool.imap(job, samples, chunksize=8) if m]
 
 
 def raise_on_problems(problems):

@@ -2,7 +2,7 @@
 
     metrics = evaluate(net, cfg, rank_id=0, group_size=1, log=print, ckpt_name="")
 
-- ``evaluate_segmentation``: every image of the val split (``cfg.dataset.val_split``)
+- ``evaluate_segmentation``: every image of the dataset's val split (``dataset.val_split``)
   through ``SegInferencer`` (whole / slide, scales, flip from the config), the prediction
   at the image's original resolution compared with the full-resolution label in one
   confusion matrix (``src/engine/metrics.py``). Returns
@@ -66,13 +66,6 @@ class _Progress:
             self.last, self.reported = now, self.done
 
 
-def _class_names(cfg):
-    names = list(cfg.dataset.class_names)
-    if len(names) != int(cfg.class_num):
-        names = [f"class_{i}" for i in range(int(cfg.class_num))]
-    return names
-
-
 def format_segmentation_result(metrics, ckpt_name=""):
     lines = [TITLE]
     lines += [f"===> class: {name}, IoU: {iou}" for name, iou in metrics["IoU"].items()]
@@ -93,26 +86,26 @@ def format_classification_result(metrics, ckpt_name=""):
 
 def evaluate_segmentation(net, cfg, rank_id=0, group_size=1, log=print, ckpt_name=""):
     """mIoU / mAcc / aAcc of ``net`` on the val split (see the module docstring)."""
-    from src.data.cityscapes import SegEvalSource, load_pair
+    from src.data import class_names, eval_source
 
-    source = SegEvalSource(cfg)
-    samples = source.samples[rank_id::group_size]
+    source = eval_source(cfg, "val")
+    indices = range(rank_id, len(source), group_size)
     inferencer = SegInferencer(net, cfg)
     matrix = ConfusionMatrix(int(cfg.class_num), int(cfg.ignore_label))
     was_training = net.training
     net.set_train(False)
     try:
         log(f"eval dataset size:{len(source)}")
-        progress = _Progress(len(samples), cfg.eval_log_interval, "image", log)
-        for image_path, label_path in samples:
-            image, label = load_pair(image_path, label_path, source.class_num, source.ignore_label)
+        progress = _Progress(len(indices), cfg.eval_log_interval, "image", log)
+        for index in indices:
+            image, label = source.load(index)
             matrix.update(inferencer.predict(image), label)
             progress.step()
     finally:
         net.set_train(was_training)
     matrix.matrix = all_reduce_counts(matrix.matrix, group_size)
     scores = matrix.compute()
-    names = _class_names(cfg)
+    names = class_names(cfg)
     metrics = {
         "mIoU": scores["mIoU"], "mAcc": scores["mAcc"], "aAcc": scores["aAcc"],
         "IoU": dict(zip(names, scores["IoU"].tolist())),
@@ -128,7 +121,7 @@ def evaluate_classification(net, cfg, rank_id=0, group_size=1, log=print, ckpt_n
     """Top-1 / top-5 accuracy of ``net`` on the val split (see the module docstring)."""
     from src.data import create_dataset
 
-    data = create_dataset(cfg, cfg.dataset.val_split, rank_id, group_size)
+    data = create_dataset(cfg, "val", rank_id, group_size)
     counts = np.zeros(3, dtype=np.int64)  # samples, top-1 hits, top-5 hits
     was_training = net.training
     net.set_train(False)

@@ -1,7 +1,7 @@
 """Segment every image under a path and write PNGs (infer.py's engine).
 
-Inputs (``data_path``): one image file; a dataset root laid out like Cityscapes (it holds
-``<dataset.img_dir>/<dataset.val_split>``, e.g. ``leftImg8bit/val``): that split; or any
+Inputs (``data_path``): one image file; a root of the config's dataset (it holds
+``<img_dir>/<val_split>``, e.g. ``leftImg8bit/val``, ``images/validation``): that split; or any
 folder: every image in it and its subfolders (by extension, sorted; other files are
 counted and skipped; the output folder is never read back as input).
 
@@ -10,7 +10,7 @@ name without extension), each switched by its config key:
 
 - ``<stem>_gray.png``    ``infer_save_gray_img``: class indices (trainIds) at the original
   resolution, a palette PNG (mode P) so viewers show the class colours;
-- ``<stem>_color.png``   ``infer_save_color_img``: the class colours (``dataset.palette``);
+- ``<stem>_color.png``   ``infer_save_color_img``: the class colours (the dataset's palette);
 - ``<stem>_overlap.png`` ``infer_save_overlap_img``: 50/50 blend of image and colours;
 - the original file     ``infer_copy_original_img``: copied unchanged.
 
@@ -22,9 +22,9 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
+from src.data import dataset_spec, palette
 from src.data.transforms import DataError, read_image
 from src.engine.inference import SegInferencer
 from src.utils.palette import color_image, gray_image, overlap_image
@@ -51,8 +51,9 @@ def list_images(data_path, cfg, output_dir):
                                   f"{', '.join(IMAGE_EXTENSIONS)})")
         return os.path.dirname(data_path) or ".", [data_path], []
     root = data_path
-    split_dir = os.path.join(data_path, cfg.dataset.img_dir, cfg.dataset.val_split)
-    if cfg.dataset.img_dir and os.path.isdir(split_dir):
+    spec = dataset_spec(cfg)
+    split_dir = os.path.join(data_path, spec.img_dir, spec.val_split)
+    if spec.img_dir and os.path.isdir(split_dir):
         root = split_dir
     images, others = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -78,22 +79,13 @@ def check_writable(output_dir):
                               f"{err.strerror or err}") from None
 
 
-def palette_for(cfg):
-    palette = list(cfg.dataset.palette)
-    if len(palette) >= int(cfg.class_num):
-        return palette
-    # A custom dataset without colours: fixed pseudo-random ones, the same on every run.
-    rng = np.random.default_rng(0)
-    return palette + rng.integers(0, 256, (int(cfg.class_num) - len(palette), 3)).tolist()
-
-
-def save_outputs(pred, image, src_path, out_stem, cfg, palette):
+def save_outputs(pred, image, src_path, out_stem, cfg, colours):
     """Write the enabled outputs of one image; ``out_stem`` = output path without suffix."""
     os.makedirs(os.path.dirname(out_stem), exist_ok=True)
     if cfg.infer_save_gray_img:
-        gray_image(pred, palette).save(out_stem + "_gray.png")
+        gray_image(pred, colours).save(out_stem + "_gray.png")
     if cfg.infer_save_color_img or cfg.infer_save_overlap_img:
-        color = color_image(pred, palette)
+        color = color_image(pred, colours)
         if cfg.infer_save_color_img:
             Image.fromarray(color).save(out_stem + "_color.png")
         if cfg.infer_save_overlap_img:
@@ -124,7 +116,7 @@ def run_inference(net, cfg, plan=None, log=print):
         log(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
     log(f"get image size:{len(images)}, infer result will save to {output_dir}")
     inferencer = SegInferencer(net, cfg)
-    palette = palette_for(cfg)
+    colours = palette(cfg)
     interval = max(1, int(cfg.infer_log_interval))
     failures, written = [], 0
     start = last = time.time()
@@ -138,7 +130,7 @@ def run_inference(net, cfg, plan=None, log=print):
         else:
             rel = os.path.splitext(os.path.relpath(path, root))[0]
             save_outputs(inferencer.predict(image), image, path, os.path.join(output_dir, rel),
-                         cfg, palette)
+                         cfg, colours)
             written += 1
         if i % interval == 0 or i == len(images):
             now = time.time()

@@ -363,7 +363,7 @@ def train(cfg, rank_id=0, group_size=1, log=print):
     check_train_config(cfg)
     ms.set_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
-    data = create_dataset(cfg, cfg.dataset.train_split, rank_id, group_size)
+    data = create_dataset(cfg, "train", rank_id, group_size)
     net = build_model(cfg)
     ckpt_dir = checkpoint_dir(cfg, rank_id, group_size)
     resume_path, resume_dict = resume_source(cfg, ckpt_dir, log)

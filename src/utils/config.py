@@ -14,7 +14,7 @@ import os
 
 import yaml
 
-from src.utils.defaults import DEFAULTS
+from src.utils.defaults import CHOICES, DEFAULTS
 
 BASE_KEY = "__BASE__"
 
@@ -149,6 +149,15 @@ def _validate(data, schema, where, prefix=""):
             _validate(value, default, where, full + ".")
 
 
+def _check_choices(cfg):
+    for key, choices in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+
+
 # ------------------------------------------------------------------------------ CLI --
 
 def _parse_bool(text, key):
@@ -267,6 +276,7 @@ def load_config(config_path="", overrides=()):
         merged["config_path"] = config_path
     merged = _apply_cli(merged, [(k, v) for k, v in pairs if k != "config_path"])
     _validate(merged, DEFAULTS, "after command-line overrides")
+    _check_choices(merged)
     return Config(merged)
 
 

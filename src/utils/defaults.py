@@ -8,18 +8,13 @@ Values of ``None`` mean "no default; the model/data code derives it" (e.g. the S
 decoder width comes from the backbone table when ``decoder_dim`` is None).
 """
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
-    "bus", "train", "motorcycle", "bicycle",
-]
+# The dataset modules of src/data (src/data/<name>.py; see src/data/registry.py).
+DATASET_NAMES = ("cityscapes", "ade20k", "custom", "imagenet")
 
-CITYSCAPES_PALETTE = [
-    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
-    [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
-    [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
-    [0, 80, 100], [0, 0, 230], [119, 11, 32],
-]
+# Keys whose value must be one of a list, checked by load_config after every override.
+CHOICES = {
+    "dataset.name": DATASET_NAMES,
+}
 
 DEFAULTS = {
     # ---- runtime -------------------------------------------------------------------
@@ -65,16 +60,18 @@ DEFAULTS = {
 
     # ---- data ----------------------------------------------------------------------
     "data_path": "./data/cityscapes/",
-    "dataset": {
-        "name": "cityscapes",        # cityscapes | imagenet | custom (same code path as cityscapes)
-        "img_dir": "leftImg8bit",
-        "ann_dir": "gtFine",
-        "img_suffix": "_leftImg8bit.png",
-        "seg_map_suffix": "_gtFine_labelTrainIds.png",
-        "train_split": "train",
-        "val_split": "val",
-        "class_names": CITYSCAPES_CLASSES,
-        "palette": CITYSCAPES_PALETTE,
+    "dataset": {                     # null: the dataset module's value (src/data/<name>.py)
+        "name": "cityscapes",        # one of DATASET_NAMES above
+        "img_dir": None,             # <data_path>/<img_dir>/<split>/**/<name><img_suffix>
+        "ann_dir": None,             # <data_path>/<ann_dir>/<split>/**/<name><seg_map_suffix>
+        "img_suffix": None,
+        "seg_map_suffix": None,
+        "train_split": None,
+        "val_split": None,
+        "class_names": None,         # list of names, one per class
+        "palette": None,             # list of [R, G, B], one per class
+        "reduce_zero_label": None,   # label files: 0 = ignore, k -> class k-1 (ADE20K)
+        "label_map": None,           # {file value: value}, applied before reduce_zero_label
     },
     "ignore_label": 255,
     "batch_size": 2,                 # per device

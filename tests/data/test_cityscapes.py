@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import DataError, SegEvalSource, ShardSampler, create_dataset, list_samples, verify_split
-from src.data.cityscapes import SegTrainSource
+from src.data import DataError, ShardSampler, create_dataset, eval_source, list_samples, train_source, verify_split
 from tests.data.conftest import seg_config
 
 
@@ -33,7 +32,7 @@ def test_train_batches_have_crop_shape_and_valid_labels(demo_roots):
 
 def test_eval_source_keeps_label_at_full_resolution(demo_roots):
     cfg = seg_config(demo_roots[0])
-    source = SegEvalSource(cfg)
+    source = eval_source(cfg)
     assert len(source) == 3
     image, label, path = source[0]
     assert image.shape == (3, 32, 64) and image.dtype == np.float32  # eval_base_size [32, 64]
@@ -182,7 +181,7 @@ def test_empty_dataset(broken_root):
 
 
 def _source(cfg):
-    return SegTrainSource(list_samples(cfg, "train"), cfg, 0)
+    return train_source(cfg)
 
 
 def _index_of(cfg, path):
@@ -267,4 +266,4 @@ def test_custom_dataset_needs_only_config(tmp_path):
     (epoch,) = batches(create_dataset(cfg, "training"))
     assert len(epoch) == 1 and epoch[0][1].shape == (2, 32, 32)
     assert set(np.unique(epoch[0][1]).tolist()) <= {0, 1, 255}
-    assert len(SegEvalSource(cfg)) == 3
+    assert len(eval_source(cfg)) == 3

@@ -4,8 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from src.data import DataError, create_dataset, verify_split
-from src.data.imagenet import list_samples
+from src.data import DataError, create_dataset, list_samples, verify_split
 from tests.data.conftest import cls_config
 
 NUM_CLASSES = 4  # the demo folder's classes (class_num of the demo config)

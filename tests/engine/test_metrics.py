@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from src.engine.metrics import ConfusionMatrix, segmentation_scores, topk_correct
-from src.utils.defaults import CITYSCAPES_CLASSES
+from src.data.cityscapes import CLASS_NAMES as CITYSCAPES_CLASSES
 
 
 def cityscapes_evaluator(monkeypatch):

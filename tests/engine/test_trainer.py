@@ -91,7 +91,7 @@ def test_loss_goes_down_on_demo_data(family, tmp_path):
                           + ["--lr=1e-3", "--warmup_epochs=0"])
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(cfg.seed)
-    data = create_dataset(cfg, cfg.dataset.train_split)
+    data = create_dataset(cfg, "train")
     trainer = Trainer(cfg, build_model(cfg), data, log=lambda m: None)
     images, labels = next(data.create_tuple_iterator(num_epochs=1))
     losses = []
