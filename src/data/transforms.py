@@ -75,6 +75,21 @@ def rescale_size(height, width, scale):
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
+def aligned_size(size, divisor):
+    """NVlabs' ``AlignedResize``: (h, w) with each side rounded up to a multiple of
+    ``divisor`` (0 or 1: unchanged)."""
+    if divisor <= 1:
+        return tuple(size)
+    return tuple(-(-int(s) // divisor) * divisor for s in size)
+
+
+def resize_for_test(image, size, divisor):
+    """The test-time resize: bilinear to ``size`` then, when ``divisor`` asks for it, the
+    result again to ``aligned_size`` (NVlabs resizes twice rather than once)."""
+    image = resize_image(image, size)
+    return resize_image(image, aligned_size(size, divisor))
+
+
 def random_scale(rng, base_size, ratio_range):
     """mmseg Resize.random_sample_ratio: base_size (H, W) times r ~ U(ratio_range)."""
     ratio = rng.random() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
@@ -224,13 +239,16 @@ class SegTrainTransform:
 
 
 class SegEvalTransform:
-    """Eval input: the image rescaled (keep ratio) to fit ``eval_base_size``, normalised,
-    float32 CHW. The label is not touched: metrics are computed at full resolution."""
+    """Eval input: the image rescaled (keep ratio) to fit ``eval_base_size`` (then aligned
+    to ``eval_size_divisor``), normalised, float32 CHW. The label is not touched: metrics
+    are computed at full resolution."""
 
     def __init__(self, cfg):
         self.base_size = tuple(cfg.eval_base_size)
+        self.size_divisor = int(cfg.eval_size_divisor)
         self.mean, self.std = cfg.img_norm_mean, cfg.img_norm_std
 
     def __call__(self, image):
         size = rescale_size(image.shape[0], image.shape[1], self.base_size)
-        return to_chw(normalize(resize_image(image, size), self.mean, self.std))
+        image = resize_for_test(image, size, self.size_divisor)
+        return to_chw(normalize(image, self.mean, self.std))

@@ -7,7 +7,9 @@ SegFormer and Segmenter numbers were measured with:
 
 1. for every ratio r in ``eval_scales``: resize the image, keeping its aspect ratio, to
    the largest size that fits ``eval_base_size * r`` (mmcv ``rescale_size``: long edge
-   <= max, short edge <= min; sizes rounded half up), bilinear; normalise
+   <= max, short edge <= min; sizes rounded half up), bilinear, then with
+   ``eval_size_divisor`` > 1 resized again to sides rounded up to that multiple (NVlabs
+   ``AlignedResize``, which the SegFormer ADE20K numbers were measured with); normalise
    (``img_norm_mean`` / ``img_norm_std``, RGB); and, with ``eval_flip``, also its mirror;
 2. ``eval_mode: whole``: run the network on the whole resized image;
    ``eval_mode: slide``: run it on ``eval_crop_size`` windows every ``eval_stride``
@@ -25,7 +27,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from src.data.transforms import normalize, rescale_size, resize_image, to_chw
+from src.data.transforms import normalize, rescale_size, resize_for_test, to_chw
 
 EVAL_MODES = ("whole", "slide")
 
@@ -129,6 +131,10 @@ class SegInferencer:
             raise ValueError(f"config key 'eval_scales' must be a non-empty list of positive "
                              f"ratios, got {cfg.eval_scales!r}")
         self.flip = bool(cfg.eval_flip)
+        self.size_divisor = int(cfg.eval_size_divisor)
+        if self.size_divisor < 0:
+            raise ValueError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
+                             f"{cfg.eval_size_divisor!r}")
         self.mean, self.std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
 
     # -------------------------------------------------------------- network calls --
@@ -162,8 +168,9 @@ class SegInferencer:
     # ------------------------------------------------------------------ one image --
 
     def preprocess(self, image, size):
-        """RGB uint8 [H, W, 3] -> normalised float32 [1, 3, h, w] at ``size`` = (h, w)."""
-        return to_chw(normalize(resize_image(image, size), self.mean, self.std))[None]
+        """RGB uint8 [H, W, 3] -> normalised float32 [1, 3, h, w] at ``size`` = (h, w)
+        (aligned to ``eval_size_divisor`` when set)."""
+        return to_chw(normalize(resize_for_test(image, size, self.size_divisor), self.mean, self.std))[None]
 
     def views(self, height, width):
         """(resized size, flipped) for every test-time view of an ``height x width`` image."""

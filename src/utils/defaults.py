@@ -131,6 +131,7 @@ DEFAULTS = {
     "eval_log_interval": 100,
     "eval_mode": "whole",            # whole | slide
     "eval_base_size": [1024, 2048],  # (H, W) the image is resized to (keep ratio) before inference
+    "eval_size_divisor": 0,          # then each side rounded up to a multiple (NVlabs AlignedResize; 0: off)
     "eval_crop_size": [1024, 1024],  # slide window (H, W)
     "eval_stride": [768, 768],       # slide stride (H, W)
     "eval_scales": [1.0],            # multi-scale ratios of eval_base_size

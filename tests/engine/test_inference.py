@@ -154,8 +154,11 @@ def torch_twin(ms_net):
     return lambda x: b(torch.relu(a(x)))
 
 
-def mmseg_reference(torch_net, image, base_size, ratios, flip, mode, crop, stride, mean, std):
-    """mmseg v0.x MultiScaleFlipAug + EncoderDecoder.aug_test, re-implemented in PyTorch."""
+def mmseg_reference(torch_net, image, base_size, ratios, flip, mode, crop, stride, mean, std,
+                    size_divisor=0):
+    """mmseg v0.x MultiScaleFlipAug + EncoderDecoder.aug_test, re-implemented in PyTorch;
+    ``size_divisor``: NVlabs' AlignedResize (mmcv.imrescale, then mmcv.imresize of that result
+    to sides rounded up to the divisor)."""
     import cv2
     h_ori, w_ori = image.shape[:2]
 
@@ -180,7 +183,12 @@ def mmseg_reference(torch_net, image, base_size, ratios, flip, mode, crop, strid
         w_s, h_s = int(base_size[1] * r), int(base_size[0] * r)
         factor = min(max(w_s, h_s) / max(h_ori, w_ori), min(w_s, h_s) / min(h_ori, w_ori))
         size = (int(w_ori * factor + 0.5), int(h_ori * factor + 0.5))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        if size_divisor:
+            aligned = (int(np.ceil(size[0] / size_divisor)) * size_divisor,
+                       int(np.ceil(size[1] / size_divisor)) * size_divisor)
+            resized = cv2.resize(resized, aligned, interpolation=cv2.INTER_LINEAR)
+        resized = resized.astype(np.float32)
         for f in ((False, True) if flip else (False,)):
             img = resized[:, ::-1] if f else resized
             x = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1)[None].copy())
@@ -190,16 +198,18 @@ def mmseg_reference(torch_net, image, base_size, ratios, flip, mode, crop, strid
     return (sum(outputs) / len(outputs))[0].numpy()
 
 
-@pytest.mark.parametrize("mode,ratios,flip", [("whole", [1.0], False), ("slide", [1.0], False),
-                                              ("slide", [0.5, 1.25], True)])
-def test_matches_pytorch_mmseg_reference(mode, ratios, flip):
+@pytest.mark.parametrize("mode,ratios,flip,divisor", [("whole", [1.0], False, 0), ("slide", [1.0], False, 0),
+                                                      ("slide", [0.5, 1.25], True, 0),
+                                                      ("whole", [1.0, 0.75], False, 16)])
+def test_matches_pytorch_mmseg_reference(mode, ratios, flip, divisor):
     ms.set_seed(0)
     net = StridedNet(classes=3)
     net.set_train(False)
     image = np.random.default_rng(3).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     cfg = make_cfg(class_num=3, eval_mode=mode, eval_base_size="[40,80]",
                    eval_crop_size="[24,32]", eval_stride="[16,20]",
-                   eval_scales="[" + ",".join(map(str, ratios)) + "]", eval_flip=str(flip).lower())
+                   eval_scales="[" + ",".join(map(str, ratios)) + "]", eval_flip=str(flip).lower(),
+                   eval_size_divisor=divisor)
     inf = SegInferencer(net, cfg)
     scores = inf.predict_scores(image)
     if len(ratios) == 1 and not flip:  # single view: logits; compare as softmax
@@ -207,7 +217,7 @@ def test_matches_pytorch_mmseg_reference(mode, ratios, flip):
     mean = np.asarray(cfg.img_norm_mean, np.float32)
     std = np.asarray(cfg.img_norm_std, np.float32)
     ref = mmseg_reference(torch_twin(net), image, (40, 80), ratios, flip, mode, (24, 32), (16, 20),
-                          mean, std)
+                          mean, std, divisor)
     assert scores.shape == (3, 45, 61)
     np.testing.assert_allclose(scores, ref, rtol=1e-4, atol=1e-5)
     assert np.array_equal(inf.predict(image), ref.argmax(0))
@@ -223,3 +233,5 @@ def test_bad_config_values_are_named():
                                      eval_stride="[8,20]"))
     with pytest.raises(ValueError, match="eval_scales"):
         SegInferencer(None, make_cfg(eval_scales="[]"))
+    with pytest.raises(ValueError, match="eval_size_divisor"):
+        SegInferencer(None, make_cfg(eval_size_divisor="-32"))
