@@ -13,13 +13,14 @@ from src.models import build_model
 from src.utils.checkpoint import CheckpointError, load_pretrained
 from src.utils.config import load_config
 from src.convert import ConversionError, convert_checkpoint
-from tests.segformer_oracle import (hf_config, hf_segformer, rel_err, save_hf,
+from tests.segformer_oracle import (hf_config, hf_segformer, hub_state_dict, rel_err, save_hf,
                                     save_nvlabs_finetuned, save_nvlabs_imagenet)
 from transformers import SegformerForSemanticSegmentation
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 B0_CONFIG = os.path.join(ROOT, "config", "segformer.b0.1024x1024.city.yaml")
+ADE_B0_CONFIG = os.path.join(ROOT, "config", "segformer.b0.512x512.ade.yaml")
 
 
 def convert(src, dst, *overrides, config_path=""):
@@ -212,3 +213,22 @@ def test_other_class_count_needs_drop_head(b0, tmp_path):
     net = load_net(tmp_path / "c5.ckpt", "--backbone=mit_b0", "--class_num=5", log=reports.append)
     assert "freshly initialised: decode_head.* (2)" in reports[0]
     assert net(ms.Tensor(b0["x"])).shape == (1, 5, 16, 24)
+
+
+def test_ade20k_finetuned_checkpoint_evaluates_with_the_ade_config(tmp_path):
+    """A 150-class NVlabs/mmseg ADE20K checkpoint converts against
+    segformer.b0.512x512.ade.yaml and eval.py's strict loader builds the same function as
+    HF with that config."""
+    from src.engine.inference import load_trained_net
+    ref = hf_segformer("mit_b0", num_labels=150, seed=3)
+    hub = hub_state_dict(ref, str(tmp_path / "hf"))
+    pth = save_nvlabs_finetuned(hub, str(tmp_path / "segformer.b0.512x512.ade.160k.pth"), 150)
+    summary, _ = convert(pth, tmp_path / "ade.ckpt", config_path=ADE_B0_CONFIG)
+    assert summary["cfg"].class_num == 150 and summary["missing"] == []
+    net = load_trained_net(load_config(ADE_B0_CONFIG, ["--device_target=CPU"]), str(tmp_path / "ade.ckpt"),
+                           log=lambda _: None)
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(pixel_values=torch.from_numpy(x)).logits.numpy()
+    assert expected.shape[1] == 150
+    assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) < 1e-4

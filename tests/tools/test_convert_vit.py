@@ -17,6 +17,7 @@ from tests.vit_oracle import MaskTransformerRef, hf_to_timm, hf_vit, official_se
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_32 = ["--backbone=vit_tiny_patch16_224", "--image_size=32"]
+ADE_TINY = os.path.join(ROOT, "config", "segmenter.tiny.mask.512x512.ade.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,26 @@ def test_cli_drop_head_reports_the_dropped_head(tmp_path, timm_state):
     assert "format timm-vit" in run.stdout and "skipped 2 (head.* (2))" in run.stdout
     assert sorted(load_checkpoint(str(tmp_path / "o.ckpt"))) == sorted(
         k for k in timm_state if not k.startswith("head."))
+
+
+def test_official_ade20k_segmenter_evaluates_with_the_ade_config(tmp_path):
+    """A 150-class official Segmenter checkpoint converts against
+    segmenter.tiny.mask.512x512.ade.yaml and eval.py's strict loader builds the reference
+    function with that config (the image_size of the checkpoint given, as for Cityscapes)."""
+    import mindspore as ms
+    from src.engine.inference import load_trained_net
+    from src.utils.config import load_config
+    from tests.vit_oracle import rel_err, segmenter_reference
+    hf = hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)
+    decoder = MaskTransformerRef(150, 192, n_layers=2, seed=5).eval()
+    src = write_pth(tmp_path / "checkpoint.pth", official_segmenter_state(hf, decoder), wrap="model")
+    overrides = ["--image_size=32", "--device_target=CPU"]
+    summary = convert_checkpoint(src, str(tmp_path / "ade.ckpt"), config_path=ADE_TINY, overrides=overrides,
+                                 log=lambda *_: None)
+    assert summary["cfg"].class_num == 150 and summary["missing"] == []
+    net = load_trained_net(load_config(ADE_TINY, overrides), str(tmp_path / "ade.ckpt"), log=lambda _: None)
+    image = np.random.default_rng(6).standard_normal((1, 3, 40, 56)).astype(np.float32)
+    ref = segmenter_reference(hf, decoder, torch.from_numpy(image), 16, (2, 2)).numpy()
+    ours = net(ms.Tensor(image)).asnumpy()
+    assert ours.shape == ref.shape == (1, 150, 40, 56)
+    assert rel_err(ours, ref) < 1e-4
