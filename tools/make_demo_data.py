@@ -1,6 +1,6 @@
-"""Write a tiny, deterministic demo dataset in the exact Cityscapes and ImageNet layouts.
+"""Write a tiny, deterministic demo dataset in the exact Cityscapes, ADE20K and ImageNet layouts.
 
-    python tools/make_demo_data.py                       # data/demo_cityscapes + data/demo_imagenet
+    python tools/make_demo_data.py          # data/demo_cityscapes + data/demo_ade20k + data/demo_imagenet
     python tools/make_demo_data.py --seed 3 --num_train 24 --num_val 8
 
 Cityscapes part (``--out``)::
@@ -15,6 +15,16 @@ has the format cityscapesscripts' ``Annotation`` reads (imgHeight, imgWidth, obj
 label + polygon, painted in list order). The image is rendered from the same raster as
 the label, with a class-specific colour and texture plus noise, so a network can learn it.
 Run ``tools/convert_dataset.py`` afterwards to get the ``*_gtFine_labelTrainIds.png`` files.
+
+ADE20K part (``--ade_out``, default: ``demo_ade20k`` next to ``--out``; the root to give
+as ``data_path``)::
+
+    images/{training,validation}/ADE_{train,val}_<8 digits>.jpg          RGB room, JPEG
+    annotations/{training,validation}/ADE_{train,val}_<8 digits>.png     L: 0 = other, k = class k-1
+
+Rooms of varying size and aspect: ceiling, wall, floor, a window, a painting, a bed, a
+table (7 of the 150 ADE20K classes, as their label values 1..150) and clutter labelled 0
+("other", ignored after reduce_zero_label); rendered from the label like the street scenes.
 
 ImageNet part (``--imagenet_out``): ``{train,val}/<wnid>/<wnid>_<n>.JPEG`` with four
 classes that differ in shape and colour (disc, square, triangle, stripes).
@@ -42,6 +52,14 @@ BASE_COLOURS = {
     "sidewalk": (200, 140, 190), "road": (110, 80, 110), "pole": (150, 150, 150),
     "traffic sign": (225, 215, 20), "traffic light": (60, 60, 40), "person": (200, 40, 60),
     "car": (30, 40, 150), "ego vehicle": (25, 25, 25),
+}
+# ADE20K label values (class index + 1 in mmseg's ADE20KDataset order) of the demo rooms.
+ADE_LABELS = {"other": 0, "wall": 1, "floor": 4, "ceiling": 6, "bed": 8, "windowpane": 9,
+              "table": 16, "painting": 23}
+ADE_COLOURS = {
+    "wall": (200, 185, 160), "floor": (140, 90, 50), "ceiling": (235, 235, 230),
+    "bed": (170, 40, 70), "windowpane": (150, 200, 240), "table": (80, 55, 30),
+    "painting": (60, 110, 170),
 }
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
@@ -177,12 +195,21 @@ def _texture(label, rng, yy, xx, height):
         return np.where((yy % 6) < 3, 0.8, -0.5)
     if label == "fence":
         return np.where((xx % 6) < 2, -1.0, 0.4)
+    if label == "floor":  # planks
+        return np.where((yy % 7) == 0, -1.0, 0.3 * np.sin(xx * 0.3))
+    if label == "windowpane":  # glazing bars
+        return np.where(((xx % 10) < 2) | ((yy % 12) < 2), -1.5, 0.5)
+    if label == "painting":  # brush strokes
+        return np.sin(xx * 0.8) * np.sin(yy * 0.6) * 1.5
+    if label == "bed":  # folds of the cover
+        return 0.6 * np.sin(yy * 0.5 + xx * 0.1)
     return np.zeros_like(xx, dtype=np.float64)
 
 
-def render(objects, index_map, rng):
+def render(objects, index_map, rng, colours=BASE_COLOURS):
     """RGB uint8 image: each object gets its class colour (jittered per object; cars and
-    persons get their own colour), the class texture, then sensor noise."""
+    persons get their own colour; unknown labels a random one), the class texture, then
+    sensor noise."""
     height, width = index_map.shape
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     img = np.zeros((height, width, 3), np.float64)
@@ -190,7 +217,7 @@ def render(objects, index_map, rng):
         mask = index_map == k
         if not mask.any():
             continue
-        colour = np.array(BASE_COLOURS[label], np.float64)
+        colour = np.array(colours[label] if label in colours else rng.uniform(40, 220, size=3), np.float64)
         if label == "car":  # cars come in many greens/blues (red is the person colour)
             colour = rng.uniform(20, 60, size=3)
             colour[1 + int(rng.integers(0, 2))] = rng.uniform(120, 200)
@@ -226,6 +253,59 @@ def write_cityscapes(out, seed, num_train, num_val, height, width):
                           "objects": [{"label": label, "polygon": poly} for label, poly in objects]}
             with open(os.path.join(gt_dir, stem + "_gtFine_polygons.json"), "w", encoding="utf-8") as f:
                 json.dump(annotation, f, indent=1)
+            written += 1
+    return written
+
+
+# ------------------------------------------------------------------------- ADE20K --
+
+def make_room(rng, height, width):
+    """A random room as (label, polygon) painted in order; "other" is clutter."""
+    H, W = height, width
+    ceiling = int(H * rng.uniform(0.08, 0.2))
+    horizon = int(H * rng.uniform(0.55, 0.72))
+    objs = [("wall", _rect(0, 0, W - 1, H - 1)), ("ceiling", _rect(0, 0, W - 1, ceiling)),
+            ("floor", [[0, H - 1], [0, horizon + 4], [W // 6, horizon], [5 * W // 6, horizon],
+                       [W - 1, horizon + 4], [W - 1, H - 1]])]
+    wx, ww = int(rng.uniform(0.05, 0.45) * W), int(rng.uniform(0.2, 0.35) * W)
+    wy, wh = ceiling + int(H * rng.uniform(0.05, 0.1)), int(H * rng.uniform(0.2, 0.3))
+    objs.append(("windowpane", _rect(wx, wy, wx + ww, wy + wh)))
+    px = wx + ww + int(W * 0.05) if wx + ww + int(W * 0.3) < W else int(W * 0.05)
+    pw, ph = int(W * rng.uniform(0.12, 0.2)), int(H * rng.uniform(0.12, 0.2))
+    objs.append(("painting", _rect(px, wy, px + pw, wy + ph)))
+    bx, bw = int(rng.uniform(0.0, 0.5) * W), int(rng.uniform(0.3, 0.45) * W)
+    objs.append(("bed", _rect(bx, horizon - int(H * 0.08), bx + bw, min(H - 1, horizon + int(H * 0.18)))))
+    tx, tw = int(rng.uniform(0.55, 0.8) * W), int(W * 0.15)
+    ty = horizon + int(H * rng.uniform(0.02, 0.12))
+    objs.append(("table", _rect(tx, ty, min(W - 1, tx + tw), ty + int(H * 0.06))))
+    objs.append(("table", _rect(tx + 1, ty, tx + 3, min(H - 1, ty + int(H * 0.15)))))  # legs
+    objs.append(("table", _rect(tx + tw - 3, ty, min(W - 1, tx + tw - 1), min(H - 1, ty + int(H * 0.15)))))
+    for _ in range(int(rng.integers(1, 4))):  # clutter the benchmark calls "other"
+        cx, cy = int(rng.integers(0, W)), int(rng.integers(horizon, H))
+        objs.append(("other", _blob(rng, cx, cy, max(3, int(min(H, W) * rng.uniform(0.04, 0.1))))))
+    return [(label, [[int(px), int(py)] for px, py in poly]) for label, poly in objs]
+
+
+def write_ade20k(out, seed, num_train, num_val, size):
+    """ADEChallengeData2016-layout rooms; the long side is ``size``, the short one 60-100%
+    of it (a quarter of them portrait). Returns the number of images."""
+    rng = np.random.default_rng(seed + 2000)
+    written = 0
+    for split, prefix, count in (("training", "ADE_train", num_train), ("validation", "ADE_val", num_val)):
+        img_dir, ann_dir = os.path.join(out, "images", split), os.path.join(out, "annotations", split)
+        os.makedirs(img_dir, exist_ok=True)
+        os.makedirs(ann_dir, exist_ok=True)
+        for i in range(1, count + 1):
+            short = int(size * rng.uniform(0.6, 1.0))
+            height, width = (size, short) if rng.random() < 0.25 else (short, size)
+            objects = make_room(rng, height, width)
+            index_map = rasterize(objects, height, width)
+            lut = np.array([0] + [ADE_LABELS[label] for label, _ in objects], np.uint8)
+            image = render(objects, index_map, rng, ADE_COLOURS)
+            stem = f"{prefix}_{i:08d}"
+            Image.fromarray(image, "RGB").save(os.path.join(img_dir, stem + ".jpg"), format="JPEG",
+                                               quality=92, optimize=False)
+            Image.fromarray(lut[index_map], "L").save(os.path.join(ann_dir, stem + ".png"))
             written += 1
     return written
 
@@ -274,21 +354,30 @@ def parse_args(argv):
     p.add_argument("--out", default="data/demo_cityscapes", help="Cityscapes-layout output root")
     p.add_argument("--imagenet_out", default="data/demo_imagenet",
                    help="ImageNet-layout output root ('' to skip)")
+    p.add_argument("--ade_out", default=None,
+                   help="ADE20K-layout output root (default: demo_ade20k next to --out; '' to skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_train", type=int, default=20, help="Cityscapes train images")
     p.add_argument("--num_val", type=int, default=6, help="Cityscapes val images")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
+    p.add_argument("--ade_num_train", type=int, default=20, help="ADE20K training images")
+    p.add_argument("--ade_num_val", type=int, default=6, help="ADE20K validation images")
+    p.add_argument("--ade_size", type=int, default=256, help="ADE20K images' long side")
     p.add_argument("--imagenet_train_per_class", type=int, default=16)
     p.add_argument("--imagenet_val_per_class", type=int, default=4)
     p.add_argument("--imagenet_size", type=int, default=64)
     args = p.parse_args(argv)
-    for name in ("num_train", "num_val", "height", "width", "imagenet_train_per_class",
-                 "imagenet_val_per_class", "imagenet_size"):
+    for name in ("num_train", "num_val", "height", "width", "ade_num_train", "ade_num_val",
+                 "imagenet_train_per_class", "imagenet_val_per_class", "imagenet_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.height < 64 or args.width < 128:
         p.error(f"--height/--width must be at least 64x128 for the scene layout, got {args.height}x{args.width}")
+    if args.ade_size < 48:
+        p.error(f"--ade_size must be at least 48 for the room layout, got {args.ade_size}")
+    if args.ade_out is None:
+        args.ade_out = os.path.join(os.path.dirname(os.path.normpath(args.out)), "demo_ade20k")
     return args
 
 
@@ -296,6 +385,9 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     n = write_cityscapes(args.out, args.seed, args.num_train, args.num_val, args.height, args.width)
     print(f"wrote {n} Cityscapes-layout scenes ({args.height}x{args.width}) to {args.out}")
+    if args.ade_out:
+        k = write_ade20k(args.ade_out, args.seed, args.ade_num_train, args.ade_num_val, args.ade_size)
+        print(f"wrote {k} ADE20K-layout rooms (long side {args.ade_size}) to {args.ade_out}")
     if args.imagenet_out:
         m = write_imagenet(args.imagenet_out, args.seed, args.imagenet_train_per_class,
                            args.imagenet_val_per_class, args.imagenet_size)
