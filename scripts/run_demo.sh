@@ -27,7 +27,7 @@ step() {
     echo "==> [$(( $(date +%s) - START ))s] $*"
 }
 
-step "1/6 generate the demo dataset (Cityscapes layout)"
+step "1/6 generate the demo datasets (Cityscapes, ADE20K and ImageNet layouts)"
 "$PY" tools/make_demo_data.py --out "$DATA" --imagenet_out data/demo_imagenet
 
 step "2/6 convert polygons to *_gtFine_labelTrainIds.png"
