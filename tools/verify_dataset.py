@@ -34,7 +34,7 @@ def main(argv=None):
     try:
         spec = dataset_spec(cfg)
     except DataError as err:
-        raise SystemExit(f"config error: {err}") from None
+        raise SystemExit(f"error: {err}") from None
     splits = ["train", "val"] if args.split == "all" else [args.split]
     failed = 0
     for split in (spec.split_name(s) for s in splits):

@@ -6,7 +6,6 @@ import shutil
 
 import cv2
 import numpy as np
-import pytest
 from PIL import Image
 
 from src.data import create_dataset, eval_source, list_samples, verify_split
@@ -26,7 +25,8 @@ def mmseg_reduce_zero_label(raw):
 
 def test_listing_pairs_images_with_annotations_of_the_same_name(demo_roots):
     cfg = ade_config(demo_roots[2])
-    for split, folder, prefix, count in (("train", "training", "ADE_train_", 6), ("val", "validation", "ADE_val_", 3)):
+    for split, folder, prefix, count in (("train", "training", "ADE_train_", 6),
+                                         ("val", "validation", "ADE_val_", 3)):
         samples = list_samples(cfg, split)
         assert len(samples) == count
         for image, label in samples:

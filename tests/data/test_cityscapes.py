@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import DataError, ShardSampler, create_dataset, eval_source, list_samples, train_source, verify_split
+from src.data import (DataError, ShardSampler, create_dataset, eval_source, list_samples, train_source,
+                      verify_split)
 from tests.data.conftest import seg_config
 
 

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from src.data import DataError, dataset_module, dataset_spec, list_samples, verify_split
 from src.data.registry import MODULE_API
@@ -24,7 +23,8 @@ SHARED = {"listing", "sampling", "segmentation", "transforms", "verify"}
 
 def test_unknown_dataset_name_is_a_config_error_naming_the_valid_ones():
     with pytest.raises(ConfigError) as info:
-        load_config(os.path.join(ROOT, "config", "segformer.b0.1024x1024.city.yaml"), ["--dataset.name=cityscape"])
+        load_config(os.path.join(ROOT, "config", "segformer.b0.1024x1024.city.yaml"),
+                    ["--dataset.name=cityscape"])
     for name in DATASET_NAMES:
         assert name in str(info.value)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "print_config.py"),
