@@ -68,6 +68,18 @@ def test_eval_label_is_mmseg_reduced_at_full_size_and_image_is_aligned(demo_root
         np.testing.assert_allclose(back, expected, atol=1e-3)
 
 
+def test_label_map_from_the_config_reaches_the_labels(demo_roots):
+    """dataset.label_map (file value -> value) applies before reduce_zero_label, as in mmseg:
+    here the demo paintings (23) become walls (1 -> class 0)."""
+    source = eval_source(ade_config(demo_roots[2], "--dataset.label_map={23: 1}"))
+    _, label, _ = source[0]
+    raw = np.asarray(Image.open(source.samples[0][1]))
+    mapped = raw.copy()
+    mapped[raw == 23] = 1
+    assert (raw == 23).any()
+    np.testing.assert_array_equal(label, mmseg_reduce_zero_label(mapped))
+
+
 def test_verify_applies_the_ade20k_rules_and_lists_every_problem(demo_roots, tmp_path):
     root = tmp_path / "ade"
     shutil.copytree(demo_roots[2], root)
