@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from src.data.transforms import DataError, read_image
-from src.engine.inference import SegInferencer
 from src.utils.palette import color_image, gray_image, overlap_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -113,8 +112,10 @@ def plan_inference(cfg):
     return root, images, others, output_dir
 
 
-def run_inference(net, cfg, plan=None, log=print):
-    """Segment every image of ``cfg.data_path`` into ``cfg.infer_output_path``.
+def run_inference(predict, cfg, plan=None, log=print):
+    """Segment every image of ``cfg.data_path`` into ``cfg.infer_output_path``;
+    ``predict(image)`` gives the class map of an RGB uint8 image (infer.py: the Python API's
+    ``inference_model``).
 
     Returns (number written, [(path, reason naming the path) of unreadable images])."""
     root, images, others, output_dir = plan or plan_inference(cfg)
@@ -123,7 +124,6 @@ def run_inference(net, cfg, plan=None, log=print):
     if others:
         log(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
     log(f"get image size:{len(images)}, infer result will save to {output_dir}")
-    inferencer = SegInferencer(net, cfg)
     palette = palette_for(cfg)
     interval = max(1, int(cfg.infer_log_interval))
     failures, written = [], 0
@@ -137,7 +137,7 @@ def run_inference(net, cfg, plan=None, log=print):
             log(f"skipped (not a readable image): {err}")
         else:
             rel = os.path.splitext(os.path.relpath(path, root))[0]
-            save_outputs(inferencer.predict(image), image, path, os.path.join(output_dir, rel),
+            save_outputs(predict(image), image, path, os.path.join(output_dir, rel),
                          cfg, palette)
             written += 1
         if i % interval == 0 or i == len(images):
