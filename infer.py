@@ -1,13 +1,15 @@
 """Segment every image under a path and write PNGs (SegFormer, Segmenter).
 
     python infer.py --config_path=CONFIG --infer_ckpt_path=CKPT|MODEL.mindir|MODEL.onnx --data_path=IMAGES
-                    [--infer_output_path=DIR] [--any_config_key=value]
+                    [--infer_output_path=DIR] [--format_only=True] [--any_config_key=value]
 
 For each image ``<stem>.<ext>``: ``<stem>_gray.png`` (trainIds, palette PNG),
 ``<stem>_color.png``, ``<stem>_overlap.png`` and a copy of the original, each switched by
 ``infer_save_gray_img`` / ``infer_save_color_img`` / ``infer_save_overlap_img`` /
 ``infer_copy_original_img``. The log also goes to <output_dir>/infer.log. Exit code 1 if
-any image could not be read (the others are still written). Every image goes through the
+any image could not be read (the others are still written). ``--format_only=True`` writes
+only the benchmark's submission files instead (Cityscapes: labelIds PNGs named after each
+image's city_seq_frame id, flat, plus <dataset>_submission.zip). Every image goes through the
 Python API (src/apis.py ``inference_model``) with the config's test settings; an exported
 .mindir / .onnx file gets the same pre- and post-processing as its checkpoint.
 """

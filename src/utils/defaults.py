@@ -147,6 +147,8 @@ DEFAULTS = {
     "infer_log_interval": 100,
     "infer_ckpt_path": "",
     "infer_output_path": "./infer_result/",
+    "format_only": False,            # infer.py: write only the benchmark's submission files
+                                     # (Cityscapes: labelIds PNGs named city_seq_frame, + zip)
 
     # ---- export --------------------------------------------------------------------
     "export_ckpt_path": "",
