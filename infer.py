@@ -23,7 +23,8 @@ from src.utils.logger import FileLogger, fail
 def main(argv):
     cfg = config_from_argv(argv)
     from src.apis import build_inference_model, inference_model
-    from src.engine.infer_images import InferInputError, plan_inference, run_inference
+    from src.engine.infer_images import (InferInputError, plan_inference, report_failures,
+                                          run_inference)
     from src.models import is_segmentation
     from src.utils.checkpoint import CheckpointError
     from src.utils.device import RuntimeSetupError, setup_runtime
@@ -39,10 +40,7 @@ def main(argv):
         _, failures = run_inference(lambda image: inference_model(model, image), cfg, plan, log)
     except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
         fail(err)
-    if failures:
-        log(f"{len(failures)} image(s) could not be read and were skipped:")
-        for _, reason in failures:
-            log(f"  {reason}")
+    if report_failures(failures, log):
         raise SystemExit(1)
 
 

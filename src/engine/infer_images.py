@@ -159,3 +159,13 @@ def run_inference(predict, cfg, plan=None, log=print):
             f"{writer.finish()}")
     log(f"all infer process done, cost:{time.time() - start:.0f}s")
     return written, failures
+
+
+def report_failures(failures, log=print):
+    """Log the images ``run_inference`` could not read; True if there were any (the entry
+    points then exit with status 1)."""
+    if failures:
+        log(f"{len(failures)} image(s) could not be read and were skipped:")
+        for _, reason in failures:
+            log(f"  {reason}")
+    return bool(failures)
