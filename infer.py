@@ -1,6 +1,6 @@
 """Segment every image under a path and write PNGs (SegFormer, Segmenter).
 
-    python infer.py --config_path=CONFIG --infer_ckpt_path=CKPT|MODEL.mindir|MODEL.onnx --data_path=IMAGES
+    python infer.py --config_path=CONFIG --infer_ckpt_path=CKPT|MODEL.mindir|MODEL.onnx --data_path=IMAGES|VIDEO
                     [--infer_output_path=DIR] [--format_only=True] [--any_config_key=value]
 
 For each image ``<stem>.<ext>``: ``<stem>_gray.png`` (trainIds, palette PNG),
@@ -9,7 +9,9 @@ For each image ``<stem>.<ext>``: ``<stem>_gray.png`` (trainIds, palette PNG),
 ``infer_copy_original_img``. The log also goes to <output_dir>/infer.log. Exit code 1 if
 any image could not be read (the others are still written). ``--format_only=True`` writes
 only the benchmark's submission files instead (Cityscapes: labelIds PNGs named after each
-image's city_seq_frame id, flat, plus <dataset>_submission.zip). Every image goes through the
+image's city_seq_frame id, flat, plus <dataset>_submission.zip). A video file (or, with
+``--infer_video=True``, a folder of frames) gives ``<name>_overlay.mp4`` instead, with a
+progress bar (src/engine/infer_video.py). Every image goes through the
 Python API (src/apis.py ``inference_model``) with the config's test settings; an exported
 .mindir / .onnx file gets the same pre- and post-processing as its checkpoint.
 """
@@ -25,6 +27,7 @@ def main(argv):
     from src.apis import build_inference_model, inference_model
     from src.engine.infer_images import (InferInputError, plan_inference, report_failures,
                                           run_inference)
+    from src.engine.infer_video import is_video_input, plan_video, run_video
     from src.models import is_segmentation
     from src.utils.checkpoint import CheckpointError
     from src.utils.device import RuntimeSetupError, setup_runtime
@@ -35,9 +38,12 @@ def main(argv):
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
         setup_runtime(cfg)
-        plan = plan_inference(cfg)  # bad input/output paths fail before the model is loaded
+        video = is_video_input(cfg)
+        # bad input/output paths fail before the model is loaded
+        plan = plan_video(cfg) if video else plan_inference(cfg)
         model = build_inference_model(cfg, cfg.infer_ckpt_path or "", log)
-        _, failures = run_inference(lambda image: inference_model(model, image), cfg, plan, log)
+        _, failures = (run_video if video else run_inference)(
+            lambda image: inference_model(model, image), cfg, plan, log)
     except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
         fail(err)
     if report_failures(failures, log):
