@@ -100,9 +100,10 @@ def _frames(plan, failures, log):
         capture.release()
 
 
-def run_video(predict, cfg, plan, log=print, progress=sys.stderr):
+def run_video(predict, cfg, plan, log=print, progress=None):
     """Write the overlay video of ``plan`` (from ``plan_video``); ``predict(image)`` gives the
-    class map of an RGB uint8 frame. Returns (frames written, [(path, reason)] skipped)."""
+    class map of an RGB uint8 frame; the progress bar goes to ``progress`` (default
+    stderr). Returns (frames written, [(path, reason)] skipped)."""
     from tqdm import tqdm
 
     palette = palette_for(cfg)
@@ -110,7 +111,7 @@ def run_video(predict, cfg, plan, log=print, progress=sys.stderr):
     log(f"video: {plan.total or 'unknown number of'} frames from "
         f"{plan.video or cfg.data_path}, overlay video will be saved to {plan.path}")
     bar = tqdm(total=plan.total or None, unit="frame", desc=os.path.basename(plan.path),
-               file=progress)
+               file=progress or sys.stderr)  # stderr as it is now, not at import
     try:
         for label, frame in _frames(plan, failures, log):
             if writer is None:
