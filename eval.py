@@ -1,9 +1,12 @@
 """Evaluate a checkpoint on the val split: per-class IoU, mIoU, aAcc, mAcc (SegFormer,
 Segmenter) or top-1/top-5 accuracy (ViT). The log also goes to <output_dir>/eval.log.
 
-    python eval.py --config_path=CONFIG --eval_ckpt_path=CKPT [--data_path=DIR]
+    python eval.py --config_path=CONFIG --eval_ckpt_path=CKPT|MODEL.mindir|MODEL.onnx [--data_path=DIR]
                    [--eval_mode=whole|slide] [--eval_scales=0.5,0.75,1.0] [--eval_flip]
                    [--any_config_key=value]
+
+An exported .mindir / .onnx file (export.py) is evaluated with the config's pre- and
+post-processing, exactly as the checkpoint it came from.
 """
 import os
 import sys
@@ -17,14 +20,14 @@ def main(argv):
     cfg = config_from_argv(argv)
     from src.data import DataError
     from src.engine.evaluate import evaluate
-    from src.engine.inference import load_trained_net
+    from src.engine.networks import load_network
     from src.utils.checkpoint import CheckpointError
     from src.utils.device import RuntimeSetupError, setup_runtime
 
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "eval.log"))
         rank_id, group_size = setup_runtime(cfg)
-        net = load_trained_net(cfg, cfg.eval_ckpt_path, log)
+        net = load_network(cfg, cfg.eval_ckpt_path, log)
         start = time.time()
         evaluate(net, cfg, rank_id, group_size, log, ckpt_name=os.path.basename(cfg.eval_ckpt_path))
         log(f"all eval process done, cost:{time.time() - start:.0f}s")

@@ -17,7 +17,7 @@ from src.utils.logger import fail
 def main(argv):
     cfg = config_from_argv(argv)
     from src.engine.export import ExportError, check_export, export_config, export_network
-    from src.engine.inference import load_trained_net
+    from src.engine.networks import load_trained_net
     from src.engine.mindir_to_onnx import OnnxConversionError
     from src.utils.checkpoint import CheckpointError
     from src.utils.device import RuntimeSetupError, setup_runtime

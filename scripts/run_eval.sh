@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate a checkpoint on the val split (mIoU / aAcc / mAcc, or ViT top-1/top-5).
 # Usage: bash scripts/run_eval.sh [DEVICE_ID] [CONFIG_FILE] [CKPT_PATH] [DATASET_PATH]
+# CKPT_PATH: a .ckpt, or an exported .mindir / .onnx (same pre/post-processing).
 # The log is printed and written to <output_dir>/eval.log (output_dir from the config).
 # Extra --key=value arguments after the four are passed on (e.g. --eval_mode=slide --eval_flip).
 set -euo pipefail

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Segment every image under DATASET_PATH and write <stem>_gray/_color/_overlap PNGs.
 # Usage: bash scripts/run_infer.sh [DEVICE_ID] [CONFIG_FILE] [CKPT_PATH] [DATASET_PATH] [OUTPUT_PATH](optional)
-# DATASET_PATH: an image, a folder (searched recursively) or a Cityscapes root (its val split).
+# CKPT_PATH: a .ckpt, or an exported .mindir / .onnx (same pre/post-processing).
+# DATASET_PATH: an image, a folder (searched recursively), a Cityscapes root (its val split)
+# or a video file (-> <name>_overlay.mp4).
 # OUTPUT_PATH defaults to infer_output_path from the config (./infer_result/).
 # The log is printed and written to <output_dir>/infer.log. Extra --key=value arguments
 # after the positional ones are passed on.

@@ -22,7 +22,8 @@ from mindspore.train import mind_ir_pb2
 from PIL import Image
 
 from src.engine.evaluate import evaluate_classification, evaluate_segmentation
-from src.engine.inference import SegInferencer, load_trained_net
+from src.engine.inference import SegInferencer
+from src.engine.networks import load_trained_net
 from src.engine.infer_images import InferInputError, list_images
 from src.models import build_model
 from src.utils.checkpoint import save_checkpoint

@@ -139,6 +139,17 @@ def _auto_augment(name, interpolation):
     raise DataError(f"config: autoaugment={name!r}; expected '', 'autoaugment' or 'randaugment'")
 
 
+def eval_image_ops(cfg):
+    """The evaluation transform of a decoded RGB uint8 image (HWC) -> float32 CHW: resize
+    the short side to ``eval_image_size / 0.875``, centre-crop ``eval_image_size``,
+    normalise. One list for the eval dataset and the Python API (src/apis.py)."""
+    import mindspore.dataset.vision as vision
+    size = int(cfg.eval_image_size)
+    return [vision.Resize(int(size / EVAL_CROP_RATIO), interpolation=_interpolation(cfg.interpolation)),
+            vision.CenterCrop(size),
+            vision.Normalize(list(cfg.img_norm_mean), list(cfg.img_norm_std)), vision.HWC2CHW()]
+
+
 def create_dataset(spec, cfg, split, samples, rank_id=0, group_size=1):
     import mindspore.dataset as ds
     import mindspore.dataset.transforms as transforms
@@ -181,8 +192,6 @@ def create_dataset(spec, cfg, split, samples, rank_id=0, group_size=1):
             data = data.map(mixer, input_columns=["image", "label"])
         return data
 
-    size = int(cfg.eval_image_size)
-    ops = [vision.Decode(), vision.Resize(int(size / EVAL_CROP_RATIO), interpolation=inter),
-           vision.CenterCrop(size), vision.Normalize(mean, std), vision.HWC2CHW()]
-    data = data.map(ops, input_columns="image", num_parallel_workers=workers)
+    data = data.map([vision.Decode()] + eval_image_ops(cfg), input_columns="image",
+                    num_parallel_workers=workers)
     return data.batch(batch_size, drop_remainder=False)

@@ -12,8 +12,9 @@
   ``{"top1", "top5", "num_images", "metric_name": "top1", "metric": top1}``.
 
 With ``group_size > 1`` each rank evaluates every ``group_size``-th sample and the counts
-are summed over ranks, so every rank returns the metrics of the whole split. The
-network is switched to inference mode and restored to its previous mode afterwards.
+are summed over ranks, so every rank returns the metrics of the whole split. ``net``
+is a ``nn.Cell`` (switched to inference mode and restored to its previous mode afterwards)
+or a ``src/engine/networks.py`` ``Network`` (an exported MINDIR / ONNX file).
 Log lines follow the SegFormer seed (``eval image 100/500 done, step cost: 593ms``,
 ``===> class: road, IoU: ...``, ``===> mIoU: ..., ckpt: ...``).
 """
@@ -25,6 +26,7 @@ from mindspore import ops
 
 from src.engine.inference import SegInferencer
 from src.engine.metrics import ConfusionMatrix, topk_correct
+from src.engine.networks import as_network
 
 RULE = "=" * 63
 TITLE = "=" * 22 + " Evaluation Result " + "=" * 22
@@ -92,17 +94,13 @@ def evaluate_segmentation(net, cfg, rank_id=0, group_size=1, log=print, ckpt_nam
     indices = range(rank_id, len(source), group_size)
     inferencer = SegInferencer(net, cfg)
     matrix = ConfusionMatrix(int(cfg.class_num), int(cfg.ignore_label))
-    was_training = net.training
-    net.set_train(False)
-    try:
+    with inferencer.net.inference_mode():
         log(f"eval dataset size:{len(source)}")
         progress = _Progress(len(indices), cfg.eval_log_interval, "image", log)
         for index in indices:
             image, label = source.load(index)
             matrix.update(inferencer.predict(image), label)
             progress.step()
-    finally:
-        net.set_train(was_training)
     matrix.matrix = all_reduce_counts(matrix.matrix, group_size)
     scores = matrix.compute()
     names = class_names(cfg)
@@ -123,21 +121,15 @@ def evaluate_classification(net, cfg, rank_id=0, group_size=1, log=print, ckpt_n
 
     data = create_dataset(cfg, "val", rank_id, group_size)
     counts = np.zeros(3, dtype=np.int64)  # samples, top-1 hits, top-5 hits
-    was_training = net.training
-    net.set_train(False)
-    try:
+    network = as_network(net)
+    with network.inference_mode():
         batches = data.get_dataset_size()
         log(f"eval dataset size:{batches} batches of up to {cfg.eval_batch_size}")
         progress = _Progress(batches, cfg.eval_log_interval, "batch", log)
         for batch in data.create_dict_iterator(num_epochs=1, output_numpy=True):
-            logits = net(ms.Tensor(batch["image"]))
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            top1, top5 = topk_correct(logits.astype(ms.float32).asnumpy(), batch["label"], (1, 5))
+            top1, top5 = topk_correct(network(batch["image"]), batch["label"], (1, 5))
             counts += (len(batch["label"]), top1, top5)
             progress.step()
-    finally:
-        net.set_train(was_training)
     total, top1, top5 = all_reduce_counts(counts, group_size).tolist()
     metrics = {"top1": top1 / total if total else float("nan"),
                "top5": top5 / total if total else float("nan"),

@@ -14,6 +14,9 @@ name without extension), each switched by its config key:
 - ``<stem>_overlap.png`` ``infer_save_overlap_img``: 50/50 blend of image and colours;
 - the original file     ``infer_copy_original_img``: copied unchanged.
 
+With ``format_only`` only the benchmark's submission files are written instead (flat,
+named as the evaluation server expects, plus a zip; ``src/engine/submission.py``).
+
 An image that cannot be read is reported and skipped; the others are still processed and
 ``run_inference`` returns the failures so infer.py exits non-zero.
 """
@@ -26,7 +29,7 @@ from PIL import Image
 
 from src.data import dataset_spec, palette
 from src.data.transforms import DataError, read_image
-from src.engine.inference import SegInferencer
+from src.engine.submission import SubmissionWriter, submission_format
 from src.utils.palette import color_image, gray_image, overlap_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -101,12 +104,16 @@ def plan_inference(cfg):
     Returns (input root, image paths, non-image paths, absolute output folder)."""
     output_dir = os.path.abspath(cfg.infer_output_path)
     root, images, others = list_images(cfg.data_path, cfg, output_dir)
+    if cfg.format_only:
+        submission_format(cfg).check(cfg, images)
     check_writable(output_dir)
     return root, images, others, output_dir
 
 
-def run_inference(net, cfg, plan=None, log=print):
-    """Segment every image of ``cfg.data_path`` into ``cfg.infer_output_path``.
+def run_inference(predict, cfg, plan=None, log=print):
+    """Segment every image of ``cfg.data_path`` into ``cfg.infer_output_path``;
+    ``predict(image)`` gives the class map of an RGB uint8 image (infer.py: the Python API's
+    ``inference_model``).
 
     Returns (number written, [(path, reason naming the path) of unreadable images])."""
     root, images, others, output_dir = plan or plan_inference(cfg)
@@ -115,8 +122,8 @@ def run_inference(net, cfg, plan=None, log=print):
     if others:
         log(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
     log(f"get image size:{len(images)}, infer result will save to {output_dir}")
-    inferencer = SegInferencer(net, cfg)
     colours = palette(cfg)
+    writer = SubmissionWriter(cfg, output_dir, images) if cfg.format_only else None
     interval = max(1, int(cfg.infer_log_interval))
     failures, written = [], 0
     start = last = time.time()
@@ -128,13 +135,29 @@ def run_inference(net, cfg, plan=None, log=print):
             failures.append((path, str(err)))
             log(f"skipped (not a readable image): {err}")
         else:
-            rel = os.path.splitext(os.path.relpath(path, root))[0]
-            save_outputs(inferencer.predict(image), image, path, os.path.join(output_dir, rel),
-                         cfg, colours)
+            pred = predict(image)
+            if writer is not None:
+                writer.add(path, pred)
+            else:
+                rel = os.path.splitext(os.path.relpath(path, root))[0]
+                save_outputs(pred, image, path, os.path.join(output_dir, rel), cfg, colours)
             written += 1
         if i % interval == 0 or i == len(images):
             now = time.time()
             log(f"infer {i}/{len(images)} done, step cost:{(now - last) * 1000 / (i - last_count):.0f}ms")
             last, last_count = now, i
+    if writer is not None:
+        log(f"submission ({cfg.dataset.name}): {written} files in {output_dir}, zipped to "
+            f"{writer.finish()}")
     log(f"all infer process done, cost:{time.time() - start:.0f}s")
     return written, failures
+
+
+def report_failures(failures, log=print):
+    """Log the images ``run_inference`` could not read; True if there were any (the entry
+    points then exit with status 1)."""
+    if failures:
+        log(f"{len(failures)} image(s) could not be read and were skipped:")
+        for _, reason in failures:
+            log(f"  {reason}")
+    return bool(failures)

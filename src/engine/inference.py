@@ -1,4 +1,5 @@
-"""Segmentation inference, one implementation for eval.py, infer.py and eval during training.
+"""Inference, one implementation for eval.py, infer.py, the Python API (src/apis.py), exported
+files and eval during training.
 
 ``SegInferencer(net, cfg).predict(image)`` takes an RGB uint8 image at its original
 resolution and returns the class map at that same resolution. What happens in between
@@ -22,40 +23,22 @@ SegFormer and Segmenter numbers were measured with:
    original image size;
 4. several views (scales, flip): softmax each, un-mirror the flipped ones, average, and
    take the argmax. A single view skips the softmax (same argmax).
+
+``batch_scores`` runs N images of one size together; ``probabilities`` turns scores into
+the class-probability map (the softmax of a single view's logits; the views' mean
+softmax as it is). The network is a ``src/engine/networks.py`` ``Network``: a Cell or an
+exported file, so the steps above are the same for all of them.
+
+``ClsInferencer`` (ViT): the evaluation transform, the network, softmax, top-k.
 """
 import numpy as np
 import mindspore as ms
 from mindspore import ops
 
 from src.data.transforms import normalize, rescale_size, resize_for_test, to_chw
+from src.engine.networks import InputShapeError, as_network
 
 EVAL_MODES = ("whole", "slide")
-
-
-def load_trained_net(cfg, ckpt_path, log=print):
-    """``build_model(cfg)`` with every weight from ``ckpt_path`` (a train.py checkpoint or a
-    converted one), in inference mode. Anything missing, unexpected or mis-shaped is a
-    CheckpointError naming the checkpoint, the config's model and the first bad tensor."""
-    from src.models import build_model
-    from src.utils.checkpoint import (CheckpointError, is_training_state, load_checkpoint,
-                                      load_into_net)
-
-    if not ckpt_path:
-        raise CheckpointError("no checkpoint given (--eval_ckpt_path / --infer_ckpt_path / "
-                              "--export_ckpt_path)")
-    params = load_checkpoint(ckpt_path)
-    weights = {k: v for k, v in params.items() if not is_training_state(k)}
-    net = build_model(cfg)
-    what = f"model={cfg.model} backbone={cfg.backbone} class_num={cfg.class_num}"
-    if cfg.model == "segmenter":
-        what += f" decoder={cfg.decoder}"
-    try:
-        loaded, _ = load_into_net(net, weights, strict=True, source=ckpt_path)
-    except CheckpointError as err:
-        raise CheckpointError(f"checkpoint does not fit the config ({what}): {err}") from None
-    net.set_train(False)
-    log(f"loaded {len(loaded)} tensors from {ckpt_path} ({what})")
-    return net
 
 
 def scaled_size(base_size, ratio):
@@ -109,10 +92,15 @@ def _pair(value, key):
 
 
 class SegInferencer:
-    """Whole / sliding-window / multi-scale + flip inference of a segmentation network."""
+    """Whole / sliding-window / multi-scale + flip inference of a segmentation network.
+
+    ``net``: a ``nn.Cell`` or a ``src.engine.networks.Network`` (an exported MINDIR/ONNX
+    file, MindSpore Lite); a file with a fixed input H/W is used where the config's
+    network inputs have its size (slide windows of its size, or whole images resized to
+    it), and anything else is a ValueError naming the file's shape and the config keys."""
 
     def __init__(self, net, cfg):
-        self.net = net
+        self.net = as_network(net)
         self.num_classes = int(cfg.class_num)
         self.mode = str(cfg.eval_mode)
         if self.mode not in EVAL_MODES:
@@ -136,18 +124,39 @@ class SegInferencer:
             raise ValueError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
                              f"{cfg.eval_size_divisor!r}")
         self.mean, self.std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
+        fixed = self.net.fixed_hw if self.net is not None else None
+        if fixed is not None and self.mode == "slide" and fixed != self.crop_size:
+            raise ValueError(
+                f"{self.net.source} takes a fixed input {list(self.net.input_shape)} (N, C, H, W) "
+                f"but config key 'eval_crop_size' is {list(self.crop_size)}: slide windows must "
+                f"have the file's size. Use --eval_crop_size={fixed[0]},{fixed[1]} (with an "
+                f"eval_stride no larger), or export a MINDIR with --export_input_shape=1,3,-1,-1")
 
     # -------------------------------------------------------------- network calls --
 
+    def _shape_error(self, batch_hw):
+        fixed = self.net.fixed_hw
+        where = (f"a slide window of {batch_hw[0]}x{batch_hw[1]} (the resized image is smaller "
+                 f"than eval_crop_size {list(self.crop_size)}, so it runs whole)"
+                 if self.mode == "slide" else
+                 f"eval_mode=whole resizes this image to {batch_hw[0]}x{batch_hw[1]} "
+                 f"(eval_base_size={list(self.base_size)}, eval_scales={self.scales})")
+        return ValueError(
+            f"{self.net.source} takes a fixed input {list(self.net.input_shape)} (N, C, H, W); "
+            f"{where}. Export the file at that size, use --eval_mode=slide "
+            f"--eval_crop_size={fixed[0]},{fixed[1]}, or export a MINDIR with "
+            f"--export_input_shape=1,3,-1,-1 (any size)")
+
     def network_logits(self, batch):
         """Logits of the network for a [N, 3, h, w] float32 batch, resized to (h, w)."""
-        out = self.net(ms.Tensor(np.ascontiguousarray(batch)))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        logits = out.astype(ms.float32).asnumpy()
+        try:
+            logits = self.net(batch)
+        except InputShapeError:
+            raise self._shape_error(batch.shape[2:]) from None
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"the network returned shape {logits.shape}; expected "
-                             f"[N, class_num={self.num_classes}, h, w] segmentation logits")
+            raise ValueError(f"{self.net.source} returned shape {list(logits.shape)}; expected "
+                             f"[N, class_num={self.num_classes}, h, w] segmentation logits "
+                             f"(config key 'class_num')")
         return resize_logits(logits, batch.shape[2:])
 
     def whole_logits(self, batch):
@@ -165,7 +174,7 @@ class SegInferencer:
         """[N, C, h, w] logits over the whole (resized, normalised) image ``batch``."""
         return self.slide_logits(batch) if self.mode == "slide" else self.whole_logits(batch)
 
-    # ------------------------------------------------------------------ one image --
+    # ------------------------------------------------------------------- images --
 
     def preprocess(self, image, size):
         """RGB uint8 [H, W, 3] -> normalised float32 [1, 3, h, w] at ``size`` = (h, w)
@@ -177,29 +186,91 @@ class SegInferencer:
         return [(rescale_size(height, width, scaled_size(self.base_size, r)), flip)
                 for r in self.scales for flip in ((False, True) if self.flip else (False,))]
 
-    def predict_scores(self, image):
-        """[C, H, W] float32 class scores at the image's own resolution: logits for a
-        single view, the mean softmax over the views otherwise."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-        height, width = image.shape[:2]
-        views = self.views(height, width)
+    @property
+    def single_view(self):
+        return len(self.scales) == 1 and not self.flip
+
+    def batch_scores(self, images):
+        """[N, C, H, W] float32 class scores of N images of one size [H, W, 3] (RGB uint8),
+        at that resolution: logits for a single view, the mean softmax over the views
+        otherwise."""
+        images = [np.asarray(image) for image in images]
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
+                                 f"{list(image.shape)}")
+            if image.shape != images[0].shape:
+                raise ValueError(f"a batch holds images of one size; got {list(images[0].shape)} "
+                                 f"and {list(image.shape)}")
+        height, width = images[0].shape[:2]
         total = None
-        for size, flip in views:
-            x = self.preprocess(image, size)
+        for size, flip in self.views(height, width):
+            x = np.concatenate([self.preprocess(image, size) for image in images])
             if flip:
                 x = x[:, :, :, ::-1]
-            logits = resize_logits(self.image_frame_logits(x), (height, width))[0]
-            if len(views) == 1:
+            logits = resize_logits(self.image_frame_logits(x), (height, width))
+            if self.single_view:
                 return logits
-            scores = softmax(logits, axis=0)
+            scores = softmax(logits, axis=1)
             if flip:
-                scores = scores[:, :, ::-1]
+                scores = scores[:, :, :, ::-1]
             total = scores if total is None else total + scores
-        return total / len(views)
+        return total / (len(self.scales) * (2 if self.flip else 1))
+
+    def labels(self, scores):
+        """Class map(s) of scores (argmax over the class axis, -3): trainIds, uint8 up to
+        256 classes."""
+        dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        return scores.argmax(axis=-3).astype(dtype)
+
+    def probabilities(self, scores):
+        """Class probabilities of scores (the softmax of a single view's logits)."""
+        return softmax(scores, axis=-3) if self.single_view else scores
+
+    def predict_scores(self, image):
+        """[C, H, W] class scores of one image (see ``batch_scores``)."""
+        return self.batch_scores([image])[0]
 
     def predict(self, image):
         """[H, W] class map (trainIds; uint8 up to 256 classes) at the image's own resolution."""
-        dtype = np.uint8 if self.num_classes <= 256 else np.int32
-        return self.predict_scores(image).argmax(axis=0).astype(dtype)
+        return self.labels(self.predict_scores(image))
+
+
+class ClsInferencer:
+    """Classification (ViT): the eval pipeline's image transform (``src/data/imagenet.py``
+    ``eval_image_ops``: resize, centre crop, normalise), the network, softmax, top-k."""
+
+    def __init__(self, net, cfg):
+        from src.data.imagenet import eval_image_ops
+        import mindspore.dataset.transforms as transforms
+        self.net = as_network(net)
+        self.num_classes = int(cfg.class_num)
+        self.transform = transforms.Compose(eval_image_ops(cfg))
+
+    def preprocess(self, image):
+        """RGB uint8 [H, W, 3] -> float32 [3, S, S] exactly as evaluation feeds the network."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
+                             f"{list(image.shape)}")
+        return np.asarray(self.transform(image), dtype=np.float32)
+
+    def logits(self, images):
+        """[N, class_num] float32 logits of a list of RGB uint8 images."""
+        batch = np.stack([self.preprocess(image) for image in images])
+        out = self.net(batch)
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ValueError(f"{self.net.source} returned shape {list(out.shape)}; expected "
+                             f"[N, class_num={self.num_classes}] classification logits "
+                             f"(config key 'class_num')")
+        return out
+
+    def topk(self, images, k=5):
+        """([N, k] class indices, [N, k] their softmax probabilities, best first;
+        [N, class_num] all the probabilities)."""
+        if int(k) < 1:
+            raise ValueError(f"topk must be >= 1, got {k}")
+        probs = softmax(self.logits(images).astype(np.float32), axis=1)
+        k = min(int(k), self.num_classes)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(probs, order, axis=1), probs

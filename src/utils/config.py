@@ -260,10 +260,13 @@ def _apply_cli(cfg, pairs):
 
 # ------------------------------------------------------------------------------ API --
 
-def load_config(config_path="", overrides=()):
-    """Defaults <- YAML chain of ``config_path`` <- CLI ``overrides`` (list of strings).
+def load_config(config_path="", overrides=(), values=None):
+    """Defaults <- YAML chain of ``config_path`` <- ``values`` <- CLI ``overrides``.
 
-    ``overrides`` may itself contain ``--config_path``; it then selects the YAML file.
+    ``overrides``: list of command-line strings; it may itself contain ``--config_path``,
+    which then selects the YAML file. ``values``: a mapping of typed values (the Python
+    API's keyword overrides; a nested key as a dict, ``{"dataset": {"val_split": "test"}}``),
+    checked like a YAML file.
     """
     pairs = split_cli(list(overrides))
     for key, value in pairs:
@@ -274,6 +277,10 @@ def load_config(config_path="", overrides=()):
         data = _load_with_bases(config_path)
         merged = deep_merge(merged, data)
         merged["config_path"] = config_path
+    if values:
+        _validate(dict(values), DEFAULTS, "keyword override")
+        merged = deep_merge(merged, {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in values.items()})
     merged = _apply_cli(merged, [(k, v) for k, v in pairs if k != "config_path"])
     _validate(merged, DEFAULTS, "after command-line overrides")
     _check_choices(merged)

@@ -145,6 +145,11 @@ DEFAULTS = {
     "infer_log_interval": 100,
     "infer_ckpt_path": "",
     "infer_output_path": "./infer_result/",
+    "infer_video": False,            # infer.py: a folder of images is the frames of one video
+                                     # (a video file always is): write <name>_overlay.mp4
+    "infer_video_fps": 0.0,          # output video rate (0: the input's; 25 for frames)
+    "format_only": False,            # infer.py: write only the benchmark's submission files
+                                     # (Cityscapes: labelIds PNGs named city_seq_frame, + zip)
 
     # ---- export --------------------------------------------------------------------
     "export_ckpt_path": "",

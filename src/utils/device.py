@@ -44,6 +44,10 @@ def _check_device(target, device_id):
     try:
         ms.set_device(target, device_id)
     except Exception as err:  # noqa: BLE001  (MindSpore raises various types here)
+        if tuple(ms.get_current_device()) == (target, device_id):
+            # MindSpore refuses any set_device once a kernel ran, even to the same device;
+            # a second set-up in one process (the Python API's init_model) is then a no-op.
+            return
         if "can not be modified" in str(err):
             raise RuntimeSetupError(
                 f"cannot select {target} device {device_id}: this process already set its device "

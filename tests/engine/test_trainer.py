@@ -71,7 +71,7 @@ def test_short_segformer_b0_demo_training_learns_and_writes_documented_artefacts
     assert int(best["epoch"].asnumpy()) == state.best_epoch
 
     # eval.py reads a training checkpoint (optimiser and training state are skipped)
-    from src.engine.inference import load_trained_net
+    from src.engine.networks import load_trained_net
     load_trained_net(cfg, os.path.join(out, "ckpt", "segformer_mit_b0_20.ckpt"), log=lambda m: None)
 
 
