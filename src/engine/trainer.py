@@ -4,7 +4,9 @@
 
 Per epoch: every batch goes through ``TrainStep`` (loss-scaled, overflow-skipping) with the
 iteration's learning rate from ``build_lr_schedule``; a log line every
-``train_log_interval`` steps (seed format plus lr and ETA); at the end of the epoch the
+``train_log_interval`` steps (seed format plus lr and ETA), when the steps' losses and
+overflow flags are read back from the device (not after each step, so that an
+accelerator runs ahead of the host); at the end of the epoch the
 evaluation hook (``src.engine.evaluate.evaluate``, the code eval.py runs), then checkpoints.
 
 Checkpoints (``checkpoint_path``; ``checkpoint_path/rank_{R}/`` per rank when distributed
@@ -312,25 +314,29 @@ class Trainer:
         for epoch in range(start_epoch + 1, self.epochs + 1):
             self.net.set_train(True)
             epoch_start = last_time = time.time()
-            losses, epoch_overflows, since_log, step = [], 0, 0, 0
+            losses, epoch_overflows, step = [], 0, 0
+            # (loss, overflow) of the steps since the last log line, left on the device: the
+            # host waits for the device once per log line, not after every step
+            pending = []
             for step, (images, labels) in enumerate(iterator, start=1):
                 lr = self.lr_schedule[state.global_step]
                 loss, overflow, scale = self.step_cell(images, labels, ms.Tensor(lr, ms.float32))
-                loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
                 state.global_step += 1
-                since_log += 1
-                if overflow:
-                    epoch_overflows += 1
-                    state.overflow_steps += 1
-                else:
-                    losses.append(loss)
+                pending.append((loss, overflow))
                 if step % interval == 0 or step == self.steps_per_epoch:
+                    for loss, overflow in pending:
+                        loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
+                        if overflow:
+                            epoch_overflows += 1
+                            state.overflow_steps += 1
+                        else:
+                            losses.append(loss)
                     now = time.time()
-                    step_s = (now - last_time) / since_log
+                    step_s = (now - last_time) / len(pending)
                     eta = step_s * (total_steps - state.global_step)
                     self.log(format_step_line(epoch, self.epochs, step, self.steps_per_epoch, loss,
                                               overflow, float(scale.asnumpy()), step_s * 1000, lr, eta))
-                    last_time, since_log = now, 0
+                    last_time, pending = now, []
             if step != self.steps_per_epoch:
                 raise TrainError(f"epoch {epoch} had {step} steps, the dataset announced "
                                  f"{self.steps_per_epoch}")

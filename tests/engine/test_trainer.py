@@ -170,3 +170,49 @@ def test_auto_resume_picks_newest_readable_training_checkpoint(tmp_path):
     assert any("weights_only.ckpt" in m and "no training state" in m for m in messages)
     assert any("segformer_mit_b0_3.ckpt" in m for m in messages)
     assert not any("tmp.ckpt" in m for m in messages)  # temporaries are never read
+
+
+class DeviceValue:
+    """A step output as the trainer sees it; records when the host reads it back."""
+
+    def __init__(self, value, reads, clock):
+        self.value, self.reads, self.clock = value, reads, clock
+
+    def asnumpy(self):
+        self.reads.append(self.clock[0])
+        return np.array(self.value)
+
+
+def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp_path):
+    """Losses and overflow flags stay on the device until the next log line (every
+    train_log_interval steps and at the end of the epoch); an overflow between two log lines
+    is still counted and its loss left out of the epoch mean."""
+    losses = [0.9, 8.0, 0.7, 0.6, 0.5, 0.4, 0.3]      # step 2 overflows (its loss is junk)
+    cfg = load_config("", ["--epoch_size=1", "--train_log_interval=3", "--run_eval=False",
+                           "--save_checkpoint=False", f"--checkpoint_path={tmp_path}"])
+
+    class Data:
+        def get_dataset_size(self):
+            return len(losses)
+
+        def create_tuple_iterator(self, num_epochs):
+            return iter([(None, None)] * len(losses))
+
+    lines, reads, clock = [], [], [0]
+    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
+
+    def step_cell(images, labels, lr):
+        clock[0] += 1
+        return (DeviceValue(losses[clock[0] - 1], reads, clock),
+                DeviceValue(clock[0] == 2, reads, clock), DeviceValue(512.0, reads, clock))
+
+    trainer.step_cell = step_cell
+    state = trainer.fit()
+    assert sorted(set(reads)) == [3, 6, 7]            # only at the log lines' steps
+    steps = [m.groups() for m in map(STEP_LINE.match, lines) if m]
+    assert [(s[2], s[4], s[5]) for s in steps] == [("3", "0.7", "False"), ("6", "0.4", "False"),
+                                                   ("7", "0.3", "False")]
+    assert state.overflow_steps == 1 and state.global_step == 7
+    mean = np.mean([v for i, v in enumerate(losses) if i != 1])
+    assert any(line.startswith(f"Epoch 1/1 done: mean loss {mean:.8g}, 1 overflowed step(s) "
+                               "skipped (1 in all)") for line in lines), lines
