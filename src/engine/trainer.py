@@ -38,7 +38,7 @@ from src.engine.amp import (apply_amp, build_loss_scaler, check_amp_config, loss
 from src.engine.loss import build_loss
 from src.engine.optim import STATE_PREFIX, build_optimizer, describe_param_groups, param_groups
 from src.engine.schedules import build_lr_schedule
-from src.engine.train_step import TrainStep
+from src.engine.train_step import TrainStep, set_gradient_fusion
 from src.models import is_segmentation
 from src.utils.checkpoint import (TMP_SUFFIX, CheckpointError, load_checkpoint, load_into_net,
                                   save_checkpoint)
@@ -207,6 +207,11 @@ def check_train_config(cfg):
     for key in ("train_log_interval", "save_checkpoint_epoch_interval", "eval_interval"):
         if int(cfg[key]) < 1:
             raise TrainError(f"config key '{key}': must be >= 1, got {cfg[key]}")
+    split = cfg.grad_fusion_split
+    if (not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in split)
+            or list(split) != sorted(set(split))):
+        raise TrainError(f"config key 'grad_fusion_split': expected increasing fractions between 0 "
+                         f"and 1 (e.g. [0.4]; [] for one all-reduce), got {split}")
     if float(cfg.clip_grad_norm) < 0:
         raise TrainError(f"config key 'clip_grad_norm': must be >= 0 (0: off), got {cfg.clip_grad_norm}")
     if cfg.resume_ckpt and not os.path.isfile(cfg.resume_ckpt):
@@ -236,8 +241,13 @@ class Trainer:
         self.prefix = checkpoint_prefix(cfg)
         self.metric_name = "mIoU" if is_segmentation(cfg) else "top1"
         self.train_net = apply_amp(net, cfg.amp_level)
-        reducer = (nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=group_size)
-                   if group_size > 1 else None)
+        reducer = None
+        if group_size > 1:
+            sizes = set_gradient_fusion(self.optimizer.parameters, cfg.grad_fusion_split)
+            log(f"gradient all-reduce: {len(sizes)} fusion group(s) of {sizes} tensors "
+                f"(grad_fusion_split {list(cfg.grad_fusion_split)})")
+            reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True,
+                                                degree=group_size)
         self.step_cell = TrainStep(self.train_net, build_loss(cfg), self.optimizer,
                                    self.loss_scaler, cfg.clip_grad_norm, reducer)
         self.step_cell.set_train(True)

@@ -11,8 +11,9 @@ from PIL import Image
 
 from src.engine.amp import build_loss_scaler
 from src.engine.optim import build_optimizer
-from src.engine.trainer import (TrainError, TrainState, Trainer, find_resume_checkpoint,
-                                restore_training_state, train, training_state_dict)
+from src.engine.trainer import (TrainError, TrainState, Trainer, check_train_config,
+                                find_resume_checkpoint, restore_training_state, train,
+                                training_state_dict)
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger
@@ -216,3 +217,36 @@ def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp
     mean = np.mean([v for i, v in enumerate(losses) if i != 1])
     assert any(line.startswith(f"Epoch 1/1 done: mean loss {mean:.8g}, 1 overflowed step(s) "
                                "skipped (1 in all)") for line in lines), lines
+
+
+class OneBatch:
+    def get_dataset_size(self):
+        return 1
+
+
+@pytest.mark.parametrize("split", [[0.4], [0.25, 0.5], []])
+def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups(split):
+    """The gradient reducer of a 2-rank run fuses the all-reduces as grad_fusion_split says:
+    the parameters before the first split point in group 1, ... (the zoo ViT: 0.4)."""
+    cfg = load_config("", [f"--grad_fusion_split={split}"])
+    check_train_config(cfg)
+    lines = []
+    trainer = Trainer(cfg, tiny_segformer(), OneBatch(), rank_id=0, group_size=2, log=lines.append)
+    reducer = trainer.step_cell.grad_reducer
+    count = len(trainer.optimizer.parameters)
+    expected = [1 + sum(i >= int(f * count) for f in split) for i in range(count)]
+    assert [p.comm_fusion for p in trainer.optimizer.parameters] == expected
+    if split:
+        assert reducer.split_fusion
+        assert [op.attrs["fusion"] for op in reducer.op_list] == expected
+    else:   # one fused all-reduce for every gradient
+        assert not reducer.split_fusion
+    assert any(line.startswith(f"gradient all-reduce: {len(split) + 1} fusion group(s)")
+               for line in lines), lines
+
+
+@pytest.mark.parametrize("bad", ["[0.5,0.4]", "[0.0]", "[1.0]", "[0.4,0.4]"])
+def test_bad_gradient_fusion_split_is_a_clear_error(bad):
+    with pytest.raises(TrainError, match=r"config key 'grad_fusion_split': expected increasing "
+                                         r"fractions between 0 and 1 .*got \["):
+        check_train_config(load_config("", [f"--grad_fusion_split={bad}"]))
