@@ -24,3 +24,13 @@ resolve_python() {
   command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON=/path/to/python)"
   PYTHON="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 }
+
+# bind_core: BIND_CORE (default 1: each process pinned to its share of this machine's CPU
+# cores, as the MindSpore zoo's launchers do; 0: off) as 1 or 0; True/False are accepted too.
+bind_core() {
+  case "${BIND_CORE:-1}" in
+    1|True|true) echo 1 ;;
+    0|False|false) echo 0 ;;
+    *) die "BIND_CORE must be 1 (pin each process to its share of CPU cores) or 0 (off), got '$BIND_CORE'" ;;
+  esac
+}

@@ -24,6 +24,7 @@
 #   RUN_DIR    parent of the per-rank directories (default ./run_distribute_train)
 #   SERVER_ID  this server's server_id, for a rank table that lists several servers
 #   BIND_CORE  1 (default): pin each rank to its share of CPU cores with taskset; 0: off
+#              (the same variable and default as run_distribute_train_msrun.sh)
 #   DEV_DIR    where the card device files davinci<N> are (default /dev)
 #   DRY_RUN    1: validate everything, print each rank's environment and command, start nothing
 set -euo pipefail
@@ -112,8 +113,8 @@ fi
 
 CORES="$(nproc 2>/dev/null || echo 1)"
 CORES_PER_RANK=$(( CORES / DEVICE_NUM ))
-BIND=0
-if [[ "${BIND_CORE:-1}" == "1" && $CORES_PER_RANK -ge 1 ]] && command -v taskset >/dev/null; then BIND=1; fi
+BIND="$(bind_core)" || exit 2
+if [[ $CORES_PER_RANK -lt 1 ]] || ! command -v taskset >/dev/null; then BIND=0; fi
 
 RUN_DIR="$(abs_path "${RUN_DIR:-run_distribute_train}")"
 echo "rank table $RANK_TABLE_FILE: RANK_SIZE=$RANK_SIZE, $DEVICE_NUM rank(s) on this server; logs in $RUN_DIR/device<id>/train.log"

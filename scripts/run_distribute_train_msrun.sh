@@ -24,7 +24,9 @@
 #   LOCAL_WORKER_NUM  workers on this machine (default WORKER_NUM; with NODE_RANK for multi-node)
 #   NODE_RANK         this machine's index in a multi-node job (default: msrun assigns)
 #   CLUSTER_TIME_OUT  seconds a worker waits for the others (default 600)
-#   BIND_CORE         True: msrun binds each worker to CPU cores (default False)
+#   BIND_CORE         1 (default): msrun pins each worker to its share of CPU cores (on
+#                     Ascend the cores near its card); 0: off. The same variable and
+#                     default as run_distribute_train.sh
 #   TAIL_WORKER_LOG   worker whose log msrun echoes to the console (default 0; -1: all)
 #   DEV_DIR           where the Ascend card device files davinci<N> are (default /dev)
 #   PYTHON            interpreter (default: python on PATH). msrun starts workers as plain
@@ -55,14 +57,13 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-8118}"
 LOCAL_WORKER_NUM="${LOCAL_WORKER_NUM:-$WORKER_NUM}"
 CLUSTER_TIME_OUT="${CLUSTER_TIME_OUT:-600}"
-BIND_CORE="${BIND_CORE:-False}"
+BIND="$(bind_core)" || exit 2
 LOG_DIR="$(abs_path "${LOG_DIR:-run_distribute_train_msrun}")"
 [[ "$MASTER_PORT" =~ ^[0-9]+$ && "$MASTER_PORT" -ge 1024 && "$MASTER_PORT" -le 65535 ]] \
   || die "MASTER_PORT must be a port number in 1024..65535, got '$MASTER_PORT'"
 [[ "$LOCAL_WORKER_NUM" =~ ^[1-9][0-9]*$ && "$LOCAL_WORKER_NUM" -le "$WORKER_NUM" ]] \
   || die "LOCAL_WORKER_NUM must be an integer in 1..WORKER_NUM ($WORKER_NUM), got '$LOCAL_WORKER_NUM'"
 [[ -z "${NODE_RANK:-}" || "$NODE_RANK" =~ ^[0-9]+$ ]] || die "NODE_RANK must be an integer, got '$NODE_RANK'"
-case "$BIND_CORE" in True|False) ;; *) die "BIND_CORE must be True or False, got '$BIND_CORE'" ;; esac
 
 # msrun starts every worker as `python` from PATH: make that the interpreter the user runs.
 resolve_python
@@ -117,7 +118,7 @@ EOF
 
 CMD=("$PYTHON" -m mindspore.parallel.cluster.run "--worker_num=$WORKER_NUM"
      "--local_worker_num=$LOCAL_WORKER_NUM" "--master_addr=$MASTER_ADDR" "--master_port=$MASTER_PORT"
-     "--log_dir=$LOG_DIR" "--join=True" "--cluster_time_out=$CLUSTER_TIME_OUT" "--bind_core=$BIND_CORE"
+     "--log_dir=$LOG_DIR" "--join=True" "--cluster_time_out=$CLUSTER_TIME_OUT" "--bind_core=$([[ $BIND == 1 ]] && echo True || echo False)"
      "--tail_worker_log=${TAIL_WORKER_LOG:-0}")
 [[ -n "${NODE_RANK:-}" ]] && CMD+=("--node_rank=$NODE_RANK")
 CMD+=("$ROOT/train.py" "${ARGS[@]}")

@@ -41,6 +41,22 @@ def uses_float_status_register():
                     and os.environ.get("MS_ASCEND_CHECK_OVERFLOW_MODE") == "SATURATION_MODE"))
 
 
+def set_gradient_fusion(params, split):
+    """Assign each parameter's gradient to an all-reduce fusion group (``Parameter.comm_fusion``,
+    which ``nn.DistributedGradReducer`` reads when it is built): group 1 up to the first split
+    point (a fraction of ``params``), group 2 up to the next, ... Gradients arrive in backward
+    order, the head's first, so with a split the head's all-reduce runs while the backbone's
+    backward still computes, where a single fused all-reduce waits for every gradient.
+    Returns the number of tensors per group."""
+    bounds = [int(fraction * len(params)) for fraction in split]
+    sizes = [0] * (len(bounds) + 1)
+    for index, param in enumerate(params):
+        group = sum(index >= bound for bound in bounds)
+        param.comm_fusion = group + 1
+        sizes[group] += 1
+    return sizes
+
+
 class NetWithLoss(nn.Cell):
     """``loss_fn(net(images), labels) * scale`` (scale: the current loss scale, a Tensor)."""
 

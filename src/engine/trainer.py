@@ -4,7 +4,9 @@
 
 Per epoch: every batch goes through ``TrainStep`` (loss-scaled, overflow-skipping) with the
 iteration's learning rate from ``build_lr_schedule``; a log line every
-``train_log_interval`` steps (seed format plus lr and ETA); at the end of the epoch the
+``train_log_interval`` steps (seed format plus lr and ETA), when the steps' losses and
+overflow flags are read back from the device (not after each step, so that an
+accelerator runs ahead of the host); at the end of the epoch the
 evaluation hook (``src.engine.evaluate.evaluate``, the code eval.py runs), then checkpoints.
 
 Checkpoints (``checkpoint_path``; ``checkpoint_path/rank_{R}/`` per rank when distributed
@@ -36,7 +38,7 @@ from src.engine.amp import (apply_amp, build_loss_scaler, check_amp_config, loss
 from src.engine.loss import build_loss
 from src.engine.optim import STATE_PREFIX, build_optimizer, describe_param_groups, param_groups
 from src.engine.schedules import build_lr_schedule
-from src.engine.train_step import TrainStep
+from src.engine.train_step import TrainStep, set_gradient_fusion
 from src.models import is_segmentation
 from src.utils.checkpoint import (TMP_SUFFIX, CheckpointError, load_checkpoint, load_into_net,
                                   save_checkpoint)
@@ -201,6 +203,11 @@ def check_train_config(cfg):
     for key in ("train_log_interval", "save_checkpoint_epoch_interval", "eval_interval"):
         if int(cfg[key]) < 1:
             raise TrainError(f"config key '{key}': must be >= 1, got {cfg[key]}")
+    split = cfg.grad_fusion_split
+    if (not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in split)
+            or list(split) != sorted(set(split))):
+        raise TrainError(f"config key 'grad_fusion_split': expected increasing fractions between 0 "
+                         f"and 1 (e.g. [0.4]; [] for one all-reduce), got {split}")
     if float(cfg.clip_grad_norm) < 0:
         raise TrainError(f"config key 'clip_grad_norm': must be >= 0 (0: off), got {cfg.clip_grad_norm}")
     if cfg.resume_ckpt and not os.path.isfile(cfg.resume_ckpt):
@@ -230,8 +237,13 @@ class Trainer:
         self.prefix = checkpoint_prefix(cfg)
         self.metric_name = "mIoU" if is_segmentation(cfg) else "top1"
         self.train_net = apply_amp(net, cfg.amp_level)
-        reducer = (nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=group_size)
-                   if group_size > 1 else None)
+        reducer = None
+        if group_size > 1:
+            sizes = set_gradient_fusion(self.optimizer.parameters, cfg.grad_fusion_split)
+            log(f"gradient all-reduce: {len(sizes)} fusion group(s) of {sizes} tensors "
+                f"(grad_fusion_split {list(cfg.grad_fusion_split)})")
+            reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True,
+                                                degree=group_size)
         self.step_cell = TrainStep(self.train_net, build_loss(cfg), self.optimizer,
                                    self.loss_scaler, cfg.clip_grad_norm, reducer)
         self.step_cell.set_train(True)
@@ -308,25 +320,29 @@ class Trainer:
         for epoch in range(start_epoch + 1, self.epochs + 1):
             self.net.set_train(True)
             epoch_start = last_time = time.time()
-            losses, epoch_overflows, since_log, step = [], 0, 0, 0
+            losses, epoch_overflows, step = [], 0, 0
+            # (loss, overflow) of the steps since the last log line, left on the device: the
+            # host waits for the device once per log line, not after every step
+            pending = []
             for step, (images, labels) in enumerate(iterator, start=1):
                 lr = self.lr_schedule[state.global_step]
                 loss, overflow, scale = self.step_cell(images, labels, ms.Tensor(lr, ms.float32))
-                loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
                 state.global_step += 1
-                since_log += 1
-                if overflow:
-                    epoch_overflows += 1
-                    state.overflow_steps += 1
-                else:
-                    losses.append(loss)
+                pending.append((loss, overflow))
                 if step % interval == 0 or step == self.steps_per_epoch:
+                    for loss, overflow in pending:
+                        loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
+                        if overflow:
+                            epoch_overflows += 1
+                            state.overflow_steps += 1
+                        else:
+                            losses.append(loss)
                     now = time.time()
-                    step_s = (now - last_time) / since_log
+                    step_s = (now - last_time) / len(pending)
                     eta = step_s * (total_steps - state.global_step)
                     self.log(format_step_line(epoch, self.epochs, step, self.steps_per_epoch, loss,
                                               overflow, float(scale.asnumpy()), step_s * 1000, lr, eta))
-                    last_time, since_log = now, 0
+                    last_time, pending = now, []
             if step != self.steps_per_epoch:
                 raise TrainError(f"epoch {epoch} had {step} steps, the dataset announced "
                                  f"{self.steps_per_epoch}")

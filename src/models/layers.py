@@ -1,29 +1,7 @@
 """Building blocks shared by the model families that are the same on every backend."""
-import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from src.utils.device import data_parallel_size
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth per sample (timm's drop_path): identity at eval or p == 0."""
-
-    def __init__(self, drop_prob=0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.keep_prob = 1.0 - self.drop_prob
-
-    def construct(self, x):
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        # drawn in float32: the CPU kernel of ops.uniform has no float16 (amp O2/O3 training)
-        mask = ops.floor(self.keep_prob + ops.uniform(shape, ms.Tensor(0.0, ms.float32),
-                                                      ms.Tensor(1.0, ms.float32), dtype=ms.float32))
-        # the scale folded into the [B, 1, ...] mask, tiled to x's shape: MindSpore 2.10's CPU
-        # Div (``/``) and broadcasting Mul keep 16 B per output element for the graph's lifetime
-        mask = mask * (1.0 / self.keep_prob)
-        return x * ops.tile(mask.astype(x.dtype), (1,) + x.shape[1:])
 
 
 # MindSpore's convention: running = momentum * running + (1 - momentum) * batch, i.e. 0.9 here

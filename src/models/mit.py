@@ -19,7 +19,6 @@ import numpy as np
 from mindspore import nn
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
-from src.models.layers import DropPath
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
 MIT_SETTINGS = {
@@ -130,7 +129,7 @@ class Block(nn.Cell):
         self.norm1 = backend.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.attn = EfficientAttention(backend, dim, num_heads, sr_ratio, attn_drop=attn_drop,
                                        proj_drop=drop)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = backend.DropPath(drop_path)
         self.norm2 = backend.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = MixFFN(backend, dim, int(dim * mlp_ratio), drop=drop)
 

@@ -22,7 +22,6 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
-from src.models.layers import DropPath
 from src.utils.device import ReleasesCompileMemory
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
@@ -130,7 +129,7 @@ class Block(nn.Cell):
         super().__init__()
         self.norm1 = backend.LayerNorm(dim, eps=eps)
         self.attn = Attention(backend, dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = backend.DropPath(drop_path)
         self.norm2 = backend.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(backend, dim, int(dim * mlp_ratio), drop=drop)
 

@@ -31,6 +31,10 @@ DEFAULTS = {
     "run_distribute": False,
     "sync_bn": False,                # SyncBatchNorm across ranks (ignored on 1 device)
     "rank_save_ckpt": "rank0",       # rank0 | all: which ranks write checkpoints/eval
+    "grad_fusion_split": [0.4],      # data parallel: fractions of the trainable parameters
+                                     # (in order) where a new fused gradient all-reduce starts,
+                                     # so the head's overlaps the backbone's backward (the
+                                     # zoo ViT's split_point); [] = one all-reduce for all
 
     # ---- mixed precision -----------------------------------------------------------
     "amp_level": "O0",               # O0 | O1 | O2 | O3

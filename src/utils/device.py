@@ -25,6 +25,21 @@ MSRUN_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")
 LAUNCHERS = ("Launch with scripts/run_distribute_train.sh (Ascend, rank table) or "
              "scripts/run_distribute_train_msrun.sh (msrun: Ascend, GPU, CPU)")
 
+# Ascend operator precision per amp level (mindspore.device_context.ascend.op_precision).
+# Left unset, CANN may compute a float32 operator in a lower precision, and MindSpore 2.10
+# documents three different defaults: "force_fp16" (set_context's ascend_config),
+# "must_keep_origin_dtype" (op_precision.precision_mode) and "allow_fp32_to_fp16" on Atlas
+# training products such as the 910 (the Chinese API page); on the 910B (Atlas A2)
+# conv_allow_hf32 is on, so float32 convolutions take HF32 inputs. Every level keeps each
+# operator in the dtype the graph gives it: the amp level already decides which operators
+# are float16 (src/engine/amp.py), and a float32 operator there, at O0 or in the float32
+# islands of O1/O2 (BatchNorm, LayerNorm, softmax, the loss), must stay float32.
+ASCEND_PRECISION = {
+    level: {"precision_mode": "must_keep_origin_dtype", "matmul_allow_hf32": False,
+            "conv_allow_hf32": False}
+    for level in ("O0", "O1", "O2", "O3")
+}
+
 
 class RuntimeSetupError(RuntimeError):
     pass
@@ -61,6 +76,19 @@ def _check_device(target, device_id):
             f"run with --device_target=CPU or install the MindSpore build for {target}") from None
 
 
+def _set_ascend_precision(amp_level):
+    """Fix Ascend's operator precision for ``amp_level`` (``ASCEND_PRECISION``). Ascend only:
+    CPU and GPU kernels compute in the dtype they are given."""
+    if amp_level not in ASCEND_PRECISION:
+        raise RuntimeSetupError(f"config key 'amp_level': '{amp_level}' is not one of "
+                                f"{list(ASCEND_PRECISION)}")
+    from mindspore.device_context.ascend import op_precision
+    settings = ASCEND_PRECISION[amp_level]
+    op_precision.precision_mode(settings["precision_mode"])
+    op_precision.matmul_allow_hf32(settings["matmul_allow_hf32"])
+    op_precision.conv_allow_hf32(settings["conv_allow_hf32"])
+
+
 def _env_int(name, default):
     text = os.environ.get(name)
     if text is None or text == "":
@@ -84,7 +112,8 @@ def _check_launcher(target):
 
 
 def setup_runtime(cfg):
-    """Set mode/device from the config; initialise collectives when distributed.
+    """Set mode/device (and on Ascend the operator precision of ``cfg.amp_level``) from the
+    config; initialise collectives when distributed.
 
     Returns (rank_id, group_size); (0, 1) when ``cfg.run_distribute`` is False.
     """
@@ -95,6 +124,8 @@ def setup_runtime(cfg):
     # Both launchers export DEVICE_ID per process: its card's id as this process sees it
     # (src/utils/ascend_cards.py; msrun: the local rank).
     _check_device(cfg.device_target, _env_int("DEVICE_ID", int(cfg.device_id)))
+    if cfg.device_target == "Ascend":   # after set_device: op_precision checks the device
+        _set_ascend_precision(cfg.amp_level)
     if not cfg.run_distribute:
         return 0, 1
     _check_launcher(cfg.device_target)

@@ -48,8 +48,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.models.backends.reference import LayerNorm
-from src.models.layers import DropPath
+from src.models.backends.reference import DropPath, LayerNorm
 
 
 class FlopCountError(RuntimeError):

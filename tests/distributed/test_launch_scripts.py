@@ -216,9 +216,35 @@ def test_msrun_dry_run(launch_dir):
         sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num=2",
         "--local_worker_num=2", "--master_addr=127.0.0.1", "--master_port=23456",
         f"--log_dir={launch_dir / 'logs'}", "--join=True", "--cluster_time_out=600",
-        "--bind_core=False", "--tail_worker_log=0", os.path.join(REPO, "train.py"),
+        "--bind_core=True", "--tail_worker_log=0", os.path.join(REPO, "train.py"),
         f"--config_path={CONFIG}", "--run_distribute=True", "--data_path=data", "--run_eval=True",
         "--device_target=CPU"]
+
+
+@pytest.mark.parametrize("value, bound", [("", True), ("1", True), ("True", True),
+                                          ("0", False), ("false", False)])
+def test_both_launchers_bind_cores_by_default_and_read_bind_core_alike(launch_dir, rank_table,
+                                                                        value, bound):
+    env = {"BIND_CORE": value} if value else {}
+    proc = bash(MSRUN_SH, [2, CONFIG, "data", "", "", "--device_target=CPU"], cwd=launch_dir,
+                DRY_RUN="1", MASTER_PORT=str(free_port()), **env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"--bind_core={bound}" in shlex.split(proc.stdout.splitlines()[-1])
+    proc = bash(RANK_TABLE_SH, [2, rank_table().name, CONFIG, "data"], cwd=launch_dir,
+                DRY_RUN="1", **env)
+    assert proc.returncode == 0, proc.stderr
+    pinned = [r["argv"][0] == "taskset" for r in parse_dry_run(proc.stdout).values()]
+    can_pin = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
+    assert pinned == [bound and can_pin] * 2
+
+
+@pytest.mark.parametrize("script", [MSRUN_SH, RANK_TABLE_SH])
+def test_bad_bind_core_is_a_clear_error(launch_dir, rank_table, script):
+    args = ([2, CONFIG, "data"] if script == MSRUN_SH else [2, rank_table().name, CONFIG, "data"])
+    proc = bash(script, args, cwd=launch_dir, DRY_RUN="1", BIND_CORE="yes")
+    assert proc.returncode == 2
+    assert ("error: BIND_CORE must be 1 (pin each process to its share of CPU cores) or 0 (off), "
+            "got 'yes'") in proc.stderr
 
 
 @pytest.mark.parametrize("args, env, message", [

@@ -22,7 +22,8 @@ def train_args(city, out):
     # the logged scale shows whether the scale and its counter were restored.
     # decoder_dropout 0: MindSpore 2.10's CPU Dropout kernel draws different masks when two
     # processes compete for the cores (seen: runs identical when sequential, apart from step
-    # 6-7 when concurrent); DropPath (ops.uniform) stays deterministic, so it remains on.
+    # 6-7 when concurrent); DropPath (the cpu backend's, ops.rand) stays deterministic, so it
+    # remains on.
     return [sys.executable, os.path.join(ROOT, "train.py"),
             "--config_path=config/segformer.b0.demo.yaml", *seg_demo_args(city, out),
             "--epoch_size=3", "--warmup_iters=3", "--lr=1e-3", "--run_eval=False",

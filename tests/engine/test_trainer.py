@@ -11,8 +11,9 @@ from PIL import Image
 
 from src.engine.amp import build_loss_scaler
 from src.engine.optim import build_optimizer
-from src.engine.trainer import (TrainError, TrainState, Trainer, find_resume_checkpoint,
-                                restore_training_state, train, training_state_dict)
+from src.engine.trainer import (TrainError, TrainState, Trainer, check_train_config,
+                                find_resume_checkpoint, restore_training_state, train,
+                                training_state_dict)
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger
@@ -170,3 +171,82 @@ def test_auto_resume_picks_newest_readable_training_checkpoint(tmp_path):
     assert any("weights_only.ckpt" in m and "no training state" in m for m in messages)
     assert any("segformer_mit_b0_3.ckpt" in m for m in messages)
     assert not any("tmp.ckpt" in m for m in messages)  # temporaries are never read
+
+
+class DeviceValue:
+    """A step output as the trainer sees it; records when the host reads it back."""
+
+    def __init__(self, value, reads, clock):
+        self.value, self.reads, self.clock = value, reads, clock
+
+    def asnumpy(self):
+        self.reads.append(self.clock[0])
+        return np.array(self.value)
+
+
+def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp_path):
+    """Losses and overflow flags stay on the device until the next log line (every
+    train_log_interval steps and at the end of the epoch); an overflow between two log lines
+    is still counted and its loss left out of the epoch mean."""
+    losses = [0.9, 8.0, 0.7, 0.6, 0.5, 0.4, 0.3]      # step 2 overflows (its loss is junk)
+    cfg = load_config("", ["--epoch_size=1", "--train_log_interval=3", "--run_eval=False",
+                           "--save_checkpoint=False", f"--checkpoint_path={tmp_path}"])
+
+    class Data:
+        def get_dataset_size(self):
+            return len(losses)
+
+        def create_tuple_iterator(self, num_epochs):
+            return iter([(None, None)] * len(losses))
+
+    lines, reads, clock = [], [], [0]
+    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
+
+    def step_cell(images, labels, lr):
+        clock[0] += 1
+        return (DeviceValue(losses[clock[0] - 1], reads, clock),
+                DeviceValue(clock[0] == 2, reads, clock), DeviceValue(512.0, reads, clock))
+
+    trainer.step_cell = step_cell
+    state = trainer.fit()
+    assert sorted(set(reads)) == [3, 6, 7]            # only at the log lines' steps
+    steps = [m.groups() for m in map(STEP_LINE.match, lines) if m]
+    assert [(s[2], s[4], s[5]) for s in steps] == [("3", "0.7", "False"), ("6", "0.4", "False"),
+                                                   ("7", "0.3", "False")]
+    assert state.overflow_steps == 1 and state.global_step == 7
+    mean = np.mean([v for i, v in enumerate(losses) if i != 1])
+    assert any(line.startswith(f"Epoch 1/1 done: mean loss {mean:.8g}, 1 overflowed step(s) "
+                               "skipped (1 in all)") for line in lines), lines
+
+
+class OneBatch:
+    def get_dataset_size(self):
+        return 1
+
+
+@pytest.mark.parametrize("split", [[0.4], [0.25, 0.5], []])
+def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups(split):
+    """The gradient reducer of a 2-rank run fuses the all-reduces as grad_fusion_split says:
+    the parameters before the first split point in group 1, ... (the zoo ViT: 0.4)."""
+    cfg = load_config("", [f"--grad_fusion_split={split}"])
+    check_train_config(cfg)
+    lines = []
+    trainer = Trainer(cfg, tiny_segformer(), OneBatch(), rank_id=0, group_size=2, log=lines.append)
+    reducer = trainer.step_cell.grad_reducer
+    count = len(trainer.optimizer.parameters)
+    expected = [1 + sum(i >= int(f * count) for f in split) for i in range(count)]
+    assert [p.comm_fusion for p in trainer.optimizer.parameters] == expected
+    if split:
+        assert reducer.split_fusion
+        assert [op.attrs["fusion"] for op in reducer.op_list] == expected
+    else:   # one fused all-reduce for every gradient
+        assert not reducer.split_fusion
+    assert any(line.startswith(f"gradient all-reduce: {len(split) + 1} fusion group(s)")
+               for line in lines), lines
+
+
+@pytest.mark.parametrize("bad", ["[0.5,0.4]", "[0.0]", "[1.0]", "[0.4,0.4]"])
+def test_bad_gradient_fusion_split_is_a_clear_error(bad):
+    with pytest.raises(TrainError, match=r"config key 'grad_fusion_split': expected increasing "
+                                         r"fractions between 0 and 1 .*got \["):
+        check_train_config(load_config("", [f"--grad_fusion_split={bad}"]))

@@ -9,7 +9,7 @@ import pytest
 from mindspore.nn.utils import no_init_parameters
 
 from src.models import build_model
-from src.models.backends import BackendError, cpu_kernels, resolve_backend
+from src.models.backends import BackendError, cpu_kernels, load_backend, resolve_backend
 from src.utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,3 +99,27 @@ def test_model_files_hold_no_device_or_backend_switches():
             found += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1)
                       if pattern.search(line)]
     assert not found, found
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_drop_path_is_timm_per_sample_stochastic_depth(kernel_backend, mode):
+    """Each sample's branch is kept with probability keep_prob and scaled by 1/keep_prob, or
+    zeroed, as a whole (timm's drop_path); identity at eval; the activation dtype is kept."""
+    drop_path = load_backend(kernel_backend).DropPath(0.25)
+    x = ms.Tensor(np.ones((4000, 3, 5), np.float32))
+    old = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        drop_path.set_train(True)
+        out = drop_path(x).asnumpy()
+        half = drop_path(x.astype(ms.float16))
+        drop_path.set_train(False)
+        evaluated = drop_path(x).asnumpy()
+    finally:
+        ms.set_context(mode=old)
+    per_sample = out.reshape(4000, -1)
+    assert (per_sample == per_sample[:, :1]).all()                  # one factor per sample
+    assert set(np.unique(per_sample).tolist()) == {0.0, np.float32(1 / 0.75)}
+    assert abs((per_sample[:, 0] > 0).mean() - 0.75) < 0.03        # 4.4 binomial sd
+    assert half.dtype == ms.float16 and half.shape == x.shape
+    np.testing.assert_array_equal(evaluated, x.asnumpy())

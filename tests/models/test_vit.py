@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 from conftest import KERNEL_BACKENDS
 from src.models import build_model
-from src.models.layers import DropPath
+from src.models.backends.reference import DropPath
 from src.models.vit import VIT_SETTINGS, resize_pos_embed
 from src.utils.checkpoint import load_checkpoint, load_into_net
 from src.utils.config import load_config

@@ -12,6 +12,7 @@ import pytest
 import mindspore as ms
 from mindspore import ops
 
+from src.engine.amp import AMP_LEVELS
 from src.utils import device
 from src.utils.config import load_config
 
@@ -92,21 +93,33 @@ def test_the_cells_users_call_release_it():
 LAUNCH_ENV = ("DEVICE_ID", "RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE", "MS_ROLE", "MS_SCHED_HOST",
               "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRECISION_CALLS = ("precision_mode", "matmul_allow_hf32", "conv_allow_hf32")
+# every amp level keeps each operator in its graph dtype, float32 without HF32 included
+KEEP_DTYPE = [("precision_mode", "must_keep_origin_dtype"), ("matmul_allow_hf32", False),
+              ("conv_allow_hf32", False)]
+
+
+def precision_calls(target):
+    return KEEP_DTYPE if target == "Ascend" else []
 
 
 @pytest.fixture
 def runtime(monkeypatch):
-    """setup_runtime with MindSpore's device and collective calls recorded, not made.
+    """setup_runtime with MindSpore's device, Ascend precision and collective calls recorded,
+    not made.
 
-    ``events`` lists ("set_device", target, id) and ("init",) in call order; the stubbed
-    collective group is rank 6 of 8. The mode and auto-parallel context that setup_runtime
-    really sets are restored afterwards.
+    ``events`` lists ("set_device", target, id), (op_precision function, value) and ("init",)
+    in call order; the stubbed collective group is rank 6 of 8. The mode and auto-parallel
+    context that setup_runtime really sets are restored afterwards.
     """
     import mindspore.communication as comm
+    from mindspore.device_context.ascend import op_precision
     events = []
     for key in LAUNCH_ENV:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(ms, "set_device", lambda *args: events.append(("set_device",) + args))
+    for name in PRECISION_CALLS:   # raising=True: MindSpore renaming one fails here
+        monkeypatch.setattr(op_precision, name, lambda value, name=name: events.append((name, value)))
     monkeypatch.setattr(comm, "init", lambda *args: events.append(("init",)))
     monkeypatch.setattr(comm, "get_rank", lambda *args: 6)
     monkeypatch.setattr(comm, "get_group_size", lambda *args: 8)
@@ -125,12 +138,12 @@ def test_standalone_process_selects_its_device_id_once(runtime, monkeypatch, tar
     monkeypatch.setenv("DEVICE_ID", "3")          # run_standalone_train.sh 3 ...
     (rank, size), events = runtime(target)
     assert (rank, size) == (0, 1)
-    assert events == [("set_device", target, 3)]
+    assert events == [("set_device", target, 3)] + precision_calls(target)
 
 
 def test_without_device_id_the_config_key_is_used(runtime):
     _, events = runtime("Ascend", "--device_id=5")
-    assert events == [("set_device", "Ascend", 5)]
+    assert events == [("set_device", "Ascend", 5)] + KEEP_DTYPE
 
 
 @pytest.mark.parametrize("target", ["Ascend", "GPU", "CPU"])
@@ -141,7 +154,7 @@ def test_msrun_worker_selects_its_local_rank_before_init(runtime, monkeypatch, t
         monkeypatch.setenv(key, value)
     (rank, size), events = runtime(target, "--run_distribute=True")
     assert (rank, size) == (6, 8)
-    assert events == [("set_device", target, 2), ("init",)]
+    assert events == [("set_device", target, 2)] + precision_calls(target) + [("init",)]
     assert device.data_parallel_size() == 8
 
 
@@ -151,7 +164,22 @@ def test_rank_table_process_selects_its_device_id_before_init(runtime, monkeypat
         monkeypatch.setenv(key, value)
     (rank, size), events = runtime("Ascend", "--run_distribute=True")
     assert (rank, size) == (6, 8)
-    assert events == [("set_device", "Ascend", 1), ("init",)]
+    assert events == [("set_device", "Ascend", 1)] + KEEP_DTYPE + [("init",)]
+
+
+@pytest.mark.parametrize("level", ["O0", "O1", "O2", "O3"])
+@pytest.mark.parametrize("target", ["Ascend", "GPU", "CPU"])
+def test_operator_precision_is_fixed_per_amp_level_on_ascend_only(runtime, level, target):
+    # once, after the device is selected (op_precision ignores calls made before that)
+    _, events = runtime(target, f"--amp_level={level}")
+    assert events == [("set_device", target, 0)] + precision_calls(target)
+    assert set(device.ASCEND_PRECISION) == set(AMP_LEVELS)
+
+
+def test_unknown_amp_level_on_ascend_is_a_clear_error(runtime):
+    with pytest.raises(device.RuntimeSetupError, match=r"config key 'amp_level': 'O4' is not one of "
+                       r"\['O0', 'O1', 'O2', 'O3'\]"):
+        runtime("Ascend", "--amp_level=O4")
 
 
 def test_unavailable_device_is_a_clear_error(runtime, monkeypatch):

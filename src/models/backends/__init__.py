@@ -4,7 +4,7 @@ The model files (``mit.py``, ``vit.py``, ``segmenter.py``, ``segformer_head.py``
 math and are written once, against the neutral layers that a backend module provides
 (``LayerNorm``, ``GELU``, ``PatchEmbedConv``, ``SpatialReductionConv``, ``DepthwiseConv3x3``,
 ``TokensToMap``, ``LinearGELU``, ``Attention``, ``SelfAttention``, ``UpsampleAdd``,
-``SegmentationCrossEntropy``, and the flag ``FOLD_DECODE_HEAD``):
+``SegmentationCrossEntropy``, ``DropPath``, and the flag ``FOLD_DECODE_HEAD``):
 
 * ``reference`` -- standard MindSpore operators only. What Ascend and GPU run and what every
   export contains.

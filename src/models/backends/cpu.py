@@ -332,6 +332,24 @@ class CpuSegmentationCrossEntropy(reference.SegmentationCrossEntropy):
         return ((self.log(sum_exp) - picked) * weight).sum() / ops.maximum(weight.sum(), 1.0)
 
 
+class CpuDropPath(reference.DropPath):
+    """The same per-sample draw, reproducible on a CPU and without a broadcasting multiply.
+
+    MindSpore 2.10's CPU Dropout kernel draws different masks in two runs with the same
+    seed (measured: the same graph, process after process), which makes a resumed or
+    repeated run diverge; ``ops.rand`` (the UniformReal kernel) repeats its draws. ``floor(
+    keep_prob + u)`` is 1 with probability keep_prob. (2.10 deprecates UniformReal for
+    ``mint.rand``, which has no CPU kernel in 2.10.) The factor is tiled to ``x``'s shape:
+    MindSpore 2.10's CPU broadcasting Mul keeps 16 B per output element for the graph's
+    lifetime.
+    """
+
+    def sample_scale(self, x):
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        keep = ops.floor(self.keep_prob + ops.rand(shape, dtype=ms.float32))
+        return ops.tile(keep * (1.0 / self.keep_prob), (1,) + x.shape[1:])
+
+
 # The neutral layers of this backend (the names the models use; see reference.py)
 LayerNorm = CpuLayerNorm
 GELU = CpuGELU
@@ -344,3 +362,4 @@ Attention = CpuAttention
 SelfAttention = CpuSelfAttention
 UpsampleAdd = CpuUpsampleAdd
 SegmentationCrossEntropy = CpuSegmentationCrossEntropy
+DropPath = CpuDropPath

@@ -162,6 +162,33 @@ class SelfAttention(Attention):
                            qkv[:, :, 2 * channels:])
 
 
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (timm's ``drop_path``): each sample's residual branch is
+    kept with probability ``keep_prob`` and then scaled by ``1 / keep_prob``, or zeroed;
+    identity at eval or ``drop_prob == 0``.
+
+    The per-sample factor is ``ops.dropout`` of a ``[B, 1, ...]`` tensor of ones: exactly
+    that draw, by the Dropout primitive, which MindSpore documents for Ascend, GPU and CPU
+    (``ops.uniform`` is documented for GPU and CPU only). Drawn in float32 (the mask of an
+    amp float16 activation is cast), broadcast over the sample.
+    """
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.keep_prob = 1.0 - self.drop_prob
+
+    def sample_scale(self, x):
+        """``1 / keep_prob`` or 0 per sample, float32, shaped to multiply ``x``."""
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return ops.dropout(ops.ones(shape, ms.float32), p=self.drop_prob)
+
+    def construct(self, x):
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        return x * self.sample_scale(x).astype(x.dtype)
+
+
 class UpsampleAdd(nn.Cell):
     """``base + resize(x)``: bilinear (align_corners=False) resize of ``x [B, C, h, w]`` to the
     size of ``base [B, C, H, W]``. The size is a graph value, so a MINDIR exported with a
