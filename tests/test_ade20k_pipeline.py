@@ -7,6 +7,7 @@ import importlib.util
 import math
 import os
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -90,3 +91,15 @@ def test_train_eval_infer_on_ade20k_layout(tmp_path, capsys):
     assert len(preds) == 2 and len({p.shape for p in preds}) > 1  # the rooms differ in size
     assert not math.isnan(ours)
     assert ours == pytest.approx(mmseg_miou(preds, labels), rel=1e-12)
+
+    # the benchmark's submission format: the same predictions + 1, named as the images, zipped
+    sub_dir = str(tmp_path / "submission")
+    load_script("infer.py").main(common + [f"--infer_ckpt_path={ckpt}", f"--infer_output_path={sub_dir}",
+                                           "--format_only=True"])
+    stems = sorted(name[: -len(".jpg")] for name in os.listdir(os.path.join(ade, "images", "validation")))
+    assert sorted(os.listdir(sub_dir)) == sorted([s + ".png" for s in stems] + ["ade20k_submission.zip"])
+    for stem, pred in zip(stems, preds):
+        submitted = np.asarray(Image.open(os.path.join(sub_dir, stem + ".png")))
+        np.testing.assert_array_equal(submitted, pred.astype(np.int32) + 1)
+    with zipfile.ZipFile(os.path.join(sub_dir, "ade20k_submission.zip")) as archive:
+        assert sorted(archive.namelist()) == [s + ".png" for s in stems]

@@ -65,4 +65,4 @@ def test_format_only_bad_inputs_are_named_before_the_model_loads(demo, tmp_path,
     err = run_main("infer.py", base + [f"--data_path={demo['city']}", "--dataset.name=custom",
                                        "--dataset.img_dir=leftImg8bit", "--dataset.ann_dir=gtFine"],
                    capsys)
-    assert "no benchmark submission format for dataset.name='custom' (formats: ['cityscapes'])" in err
+    assert "no benchmark submission format for dataset.name='custom' (formats: ['ade20k', 'cityscapes'])" in err

@@ -12,7 +12,12 @@ Class names and palette are mmseg's ``ADE20KDataset`` ones, in its order (index 
 class id), so converted mmseg/NVlabs/HF checkpoints and their logs line up; "bed " keeps
 mmseg's trailing space for the same reason.
 """
+import os
+
+import numpy as np
+
 from src.data import segmentation
+from src.data.transforms import DataError
 
 TASK = "segmentation"
 
@@ -80,3 +85,29 @@ LAYOUT = {
 scan = segmentation.scan_pairs
 check_sample = segmentation.check_pair
 create_dataset = segmentation.create_seg_dataset
+
+
+# ----------------------------------------------------------------------- submission --
+#
+# The SceneParsing benchmark takes one PNG per test image, named as the image, holding the
+# annotation values 1..150 (mmseg's ADE20KDataset.results2img: prediction + 1).
+
+SUBMISSION_CLASSES = 150
+
+
+def check_submission(cfg, image_paths):
+    """Before any work: the model predicts the benchmark's 150 classes."""
+    if int(cfg.class_num) != SUBMISSION_CLASSES:
+        raise DataError(f"format_only: the ADE20K submission takes the {SUBMISSION_CLASSES} "
+                        f"classes, but class_num={cfg.class_num}")
+
+
+def submission_lookup():
+    """Nothing to look up: the submission value is the class index + 1."""
+    return None
+
+
+def submission_file(image_path, pred, _lookup):
+    """(file name, uint8 [H, W] values 1..150) of one prediction (class indices [H, W])."""
+    name = os.path.splitext(os.path.basename(image_path))[0] + ".png"
+    return name, (np.asarray(pred, dtype=np.int32) + 1).astype(np.uint8)

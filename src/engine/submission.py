@@ -14,6 +14,7 @@ A format is a dataset module's business (its ids, its naming rule), registered h
 - ``file(image_path, pred, lookup)`` -> (file name, uint8 [H, W] pixels) for a trainId map.
 
 Cityscapes (``src/data/cityscapes.py``): labelIds PNGs named ``<city>_<seq>_<frame>_*.png``.
+ADE20K (``src/data/ade20k.py``): PNGs named as the images, values 1..150 (class index + 1).
 """
 import os
 import zipfile
@@ -30,8 +31,14 @@ def _cityscapes():
                            file=cityscapes.submission_file)
 
 
+def _ade20k():
+    from src.data import ade20k
+    return SimpleNamespace(check=ade20k.check_submission, lookup=ade20k.submission_lookup,
+                           file=ade20k.submission_file)
+
+
 # dataset.name -> the module's format (imported on use: cityscapesscripts is needed only here)
-SUBMISSION_FORMATS = {"cityscapes": _cityscapes}
+SUBMISSION_FORMATS = {"cityscapes": _cityscapes, "ade20k": _ade20k}
 
 
 def submission_format(cfg):
