@@ -17,6 +17,7 @@ line here. ``tools/convert_model.py`` drives it; ``convert_checkpoint`` is the w
 import os
 
 from src.convert import segformer_formats, vit_formats
+from src.utils.errors import UserError
 
 FORMATS = [
     *segformer_formats.FORMATS,  # NVlabs/mmseg-0.x fine-tuned, HF transformers, NVlabs ImageNet MiT
@@ -24,7 +25,7 @@ FORMATS = [
 ]
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """The input is not a checkpoint we can convert, or does not fit the network."""
 
 

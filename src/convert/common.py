@@ -1,7 +1,9 @@
 """Rules shared by the checkpoint formats (segformer_formats.py, vit_formats.py)."""
 
+from src.utils.errors import UserError
 
-class ClassCountError(ValueError):
+
+class ClassCountError(UserError, ValueError):
     """The checkpoint's classifier has another class count than the config."""
 
 

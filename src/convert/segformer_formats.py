@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from src.convert.common import check_class_count
+from src.utils.errors import UserError
 
 P = r"(?P<p>weight|bias)"
 N = r"(?P<stage>\d)"        # 1-based stage (NVlabs)
@@ -78,7 +79,7 @@ SKIP_FINETUNED = [r"decode_head\.conv_seg\..*",  # mmseg BaseDecodeHead's conv, 
 SKIP_HF = [r"classifier\..*", r".*num_batches_tracked"]            # HF ImageNet classifier
 
 
-class UnmappedKeyError(ValueError):
+class UnmappedKeyError(UserError, ValueError):
     """A tensor the table does not know, or half of a fused tensor."""
 
 

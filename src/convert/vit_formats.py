@@ -21,6 +21,7 @@ or ``decoder.head``) whose class count differs from ``cfg.class_num`` are an err
 import re
 
 from src.convert.common import check_class_count
+from src.utils.errors import UserError
 
 # timm ViT encoder tensors (identical names in our VisionTransformer).
 VIT_ENCODER = [
@@ -65,7 +66,7 @@ UNSUPPORTED = {
 }
 
 
-class ViTConversionError(ValueError):
+class ViTConversionError(UserError, ValueError):
     """A ViT/Segmenter checkpoint that does not fit the configured network."""
 
 

@@ -22,11 +22,12 @@ import numpy as np
 import mindspore as ms
 
 from src.models.backends import BACKENDS
+from src.utils.errors import UserError
 
 EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export cannot be done as configured; the message says why and what to change."""
 
 

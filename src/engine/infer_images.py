@@ -27,12 +27,13 @@ from PIL import Image
 from src.data import dataset_spec, palette
 from src.data.transforms import DataError, read_image
 from src.engine.inference import SegInferencer
+from src.utils.errors import UserError
 from src.utils.palette import color_image, gray_image, overlap_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class InferInputError(ValueError):
+class InferInputError(UserError, ValueError):
     """The input path or the output folder cannot be used; the message says why."""
 
 

@@ -28,6 +28,7 @@ import mindspore as ms
 from mindspore import ops
 
 from src.data.transforms import normalize, rescale_size, resize_for_test, to_chw
+from src.utils.config import ConfigError
 
 EVAL_MODES = ("whole", "slide")
 
@@ -104,7 +105,7 @@ def softmax(logits, axis):
 
 def _pair(value, key):
     if not isinstance(value, (list, tuple)) or len(value) != 2 or min(value) <= 0:
-        raise ValueError(f"config key '{key}' must be [H, W] of positive sizes, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be [H, W] of positive sizes, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -116,25 +117,25 @@ class SegInferencer:
         self.num_classes = int(cfg.class_num)
         self.mode = str(cfg.eval_mode)
         if self.mode not in EVAL_MODES:
-            raise ValueError(f"config key 'eval_mode': '{cfg.eval_mode}' is not one of "
-                             f"{list(EVAL_MODES)}")
+            raise ConfigError(f"config key 'eval_mode': '{cfg.eval_mode}' is not one of "
+                              f"{list(EVAL_MODES)}")
         self.base_size = _pair(cfg.eval_base_size, "eval_base_size")
         self.crop_size = _pair(cfg.eval_crop_size, "eval_crop_size")
         self.stride = _pair(cfg.eval_stride, "eval_stride")
         if self.mode == "slide" and (self.stride[0] > self.crop_size[0]
                                      or self.stride[1] > self.crop_size[1]):
-            raise ValueError(f"config key 'eval_stride' {list(self.stride)} is larger than "
-                             f"'eval_crop_size' {list(self.crop_size)}: windows would leave "
-                             f"pixels uncovered")
+            raise ConfigError(f"config key 'eval_stride' {list(self.stride)} is larger than "
+                              f"'eval_crop_size' {list(self.crop_size)}: windows would leave "
+                              f"pixels uncovered")
         self.scales = [float(r) for r in cfg.eval_scales]
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"config key 'eval_scales' must be a non-empty list of positive "
-                             f"ratios, got {cfg.eval_scales!r}")
+            raise ConfigError(f"config key 'eval_scales' must be a non-empty list of positive "
+                              f"ratios, got {cfg.eval_scales!r}")
         self.flip = bool(cfg.eval_flip)
         self.size_divisor = int(cfg.eval_size_divisor)
         if self.size_divisor < 0:
-            raise ValueError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
-                             f"{cfg.eval_size_divisor!r}")
+            raise ConfigError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
+                              f"{cfg.eval_size_divisor!r}")
         self.mean, self.std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
 
     # -------------------------------------------------------------- network calls --

@@ -15,11 +15,12 @@ import os
 import yaml
 
 from src.utils.defaults import CHOICES, DEFAULTS
+from src.utils.errors import UserError
 
 BASE_KEY = "__BASE__"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the file/key/value at fault."""
 
 

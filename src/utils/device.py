@@ -19,6 +19,8 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.context import ParallelMode
 
+from src.utils.errors import UserError
+
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 MSRUN_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")
@@ -26,7 +28,7 @@ LAUNCHERS = ("Launch with scripts/run_distribute_train.sh (Ascend, rank table) o
              "scripts/run_distribute_train_msrun.sh (msrun: Ascend, GPU, CPU)")
 
 
-class RuntimeSetupError(RuntimeError):
+class RuntimeSetupError(UserError, RuntimeError):
     pass
 
 

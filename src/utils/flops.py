@@ -50,9 +50,10 @@ from mindspore import nn, ops
 
 from src.models.backends.reference import LayerNorm
 from src.models.layers import DropPath
+from src.utils.errors import UserError
 
 
-class FlopCountError(RuntimeError):
+class FlopCountError(UserError, RuntimeError):
     """The network cannot be counted as asked (wrong mode, shapes that do not fit ...)."""
 
 
