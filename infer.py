@@ -13,28 +13,28 @@ import os
 import sys
 
 from src.utils.config import config_from_argv
-from src.utils.logger import FileLogger, fail
+from src.utils.logger import FileLogger, fail, fail_on_error
 
 
 def main(argv):
     cfg = config_from_argv(argv)
-    from src.engine.infer_images import InferInputError, plan_inference, run_inference
+    from src.engine.infer_images import plan_inference, run_inference
     from src.engine.inference import load_trained_net
     from src.models import is_segmentation
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.utils.device import setup_runtime
 
     if not is_segmentation(cfg):
         fail(f"infer.py writes segmentation maps; config model={cfg.model!r} is not a "
              f"segmentation model (use eval.py for ViT accuracy)")
+    log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
         setup_runtime(cfg)
         plan = plan_inference(cfg)  # bad input/output paths fail before the model is loaded
         net = load_trained_net(cfg, cfg.infer_ckpt_path, log)
         _, failures = run_inference(net, cfg, plan, log)
-    except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err, log)
     if failures:
         log(f"{len(failures)} image(s) could not be read and were skipped:")
         for _, reason in failures:

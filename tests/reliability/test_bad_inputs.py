@@ -1,0 +1,198 @@
+"""Bad inputs and faults against the entry points, as a new user would make them.
+
+Each case runs an entry point's ``main()`` in this process (the device set-up replaced, as
+MindSpore sets it once per process) and asserts: exit status 1, the last line of the
+output is one ``error: ...`` line naming the culprit, and nothing was written or
+overwritten. Unexpected errors (bugs) keep their traceback, on stderr and in the log.
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+B0_DEMO = os.path.join(REPO, "config", "segformer.b0.demo.yaml")
+VIT_DEMO = os.path.join(REPO, "config", "vit.tiny.demo.yaml")
+ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def load_tool(path):
+    name = "_bad_inputs_" + path.replace("/", "_").replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A 2-train/1-val Cityscapes-layout set and a 1-image-per-class ImageNet-layout set."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    city, imagenet = str(root / "city"), str(root / "imagenet")
+    load_tool("tools/make_demo_data.py").main(
+        ["--out", city, "--imagenet_out", imagenet, "--ade_out", "", "--num_train", "2",
+         "--num_val", "1", "--height", "64", "--width", "128", "--imagenet_train_per_class", "1",
+         "--imagenet_val_per_class", "1", "--imagenet_size", "32", "--seed", "3"])
+    assert load_tool("tools/convert_dataset.py").main([city]) == 0
+    return {"city": city, "imagenet": imagenet}
+
+
+@pytest.fixture
+def no_runtime_setup(monkeypatch):
+    monkeypatch.setattr("src.utils.device.setup_runtime", lambda cfg: (0, 1))
+
+
+def copy_of(src, tmp_path, name="data"):
+    dst = str(tmp_path / name)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, _, names in os.walk(path) for f in names) if os.path.exists(path) else []
+
+
+def run_main(tool, argv, capsys):
+    """Exit status and the stderr lines of ``tool``'s main(argv)."""
+    with pytest.raises(SystemExit) as exc:
+        load_tool(tool).main(argv)
+    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_clear_error(code, lines, *names):
+    """Exit 1 and a last line ``error: ...`` holding every one of ``names``."""
+    assert code == 1, lines
+    assert lines and lines[-1].startswith("error: "), lines[-3:]
+    for name in names:
+        assert name in lines[-1], (name, lines[-1])
+    assert "Traceback" not in "\n".join(lines) and "C++ Call Stack" not in "\n".join(lines)
+
+
+def seg_train_args(data, out):
+    return [f"--config_path={B0_DEMO}", f"--data_path={data}", "--mode=PYNATIVE",
+            "--crop_size=[32,32]", "--base_size=[64,128]", "--epoch_size=1", "--run_eval=False",
+            f"--output_dir={out}", f"--checkpoint_path={out}/ckpt"]
+
+
+def first_train_pair(data):
+    img = os.path.join(data, "leftImg8bit", "train", "aachen", "aachen_000000_000019_leftImg8bit.png")
+    lab = os.path.join(data, "gtFine", "train", "aachen",
+                       "aachen_000000_000019_gtFine_labelTrainIds.png")
+    assert os.path.isfile(img) and os.path.isfile(lab)
+    return img, lab
+
+
+# --------------------------------------------------- errors inside the data pipeline --
+
+def test_corrupt_training_image_is_the_last_line(demo, tmp_path, capsys, no_runtime_setup):
+    """MindSpore's pipeline wraps the DataError in a RuntimeError with its C++ stack; the
+    entry point prints only our message."""
+    data = copy_of(demo["city"], tmp_path)
+    image, _ = first_train_pair(data)
+    with open(image, "wb") as f:
+        f.write(b"not a png")
+    out = str(tmp_path / "run")
+    code, lines = run_main("train.py", seg_train_args(data, out), capsys)
+    assert_clear_error(code, lines, image, "corrupt or truncated image")
+    assert not os.path.exists(os.path.join(out, "ckpt"))
+    log = open(os.path.join(out, "train.log")).read().splitlines()
+    assert log[-1] == lines[-1]
+
+
+def test_wrong_size_label_is_the_last_line(demo, tmp_path, capsys, no_runtime_setup):
+    data = copy_of(demo["city"], tmp_path)
+    image, label = first_train_pair(data)
+    Image.fromarray(np.zeros((10, 20), np.uint8), mode="L").save(label)
+    out = str(tmp_path / "run")
+    code, lines = run_main("train.py", seg_train_args(data, out), capsys)
+    assert_clear_error(code, lines, label, "label size 20x10", "differs from its image")
+    assert not os.path.exists(os.path.join(out, "ckpt"))
+
+
+def test_corrupt_val_image_in_classification_eval(demo, tmp_path, capsys, no_runtime_setup):
+    """ViT evaluation reads through MindSpore's pipeline too (map operations)."""
+    from src.models import build_model
+    from src.utils.checkpoint import save_checkpoint
+    from src.utils.config import load_config
+
+    data = copy_of(demo["imagenet"], tmp_path)
+    val_dir = os.path.join(data, "val")
+    victim = os.path.join(val_dir, *sorted(
+        os.path.relpath(os.path.join(d, f), val_dir) for d, _, fs in os.walk(val_dir) for f in fs)[0]
+        .split(os.sep))
+    with open(victim, "r+b") as f:  # JPEG signature kept, body and end marker gone
+        f.truncate(40)
+    args = [f"--config_path={VIT_DEMO}", f"--data_path={data}", "--mode=PYNATIVE",
+            "--image_size=32", "--eval_image_size=32", f"--output_dir={tmp_path}/run"]
+    ckpt = str(tmp_path / "vit.ckpt")
+    save_checkpoint(build_model(load_config("", args)), ckpt)
+    code, lines = run_main("eval.py", args + [f"--eval_ckpt_path={ckpt}"], capsys)
+    assert_clear_error(code, lines, victim)
+    assert files_under(str(tmp_path / "run")) == ["eval.log"]
+
+
+def test_pipeline_error_in_a_real_process_ends_with_our_line(demo, tmp_path):
+    """The real output (MindSpore's own stderr lines included) ends with the culprit."""
+    data = copy_of(demo["city"], tmp_path)
+    image, _ = first_train_pair(data)
+    with open(image, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n truncated")
+    out = str(tmp_path / "run")
+    proc = subprocess.run([sys.executable, "train.py", *seg_train_args(data, out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 1
+    assert lines[-1].startswith("error: ") and image in lines[-1]
+    assert "C++ Call Stack" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(os.path.join(out, "ckpt"))
+
+
+# ------------------------------------------------- unexpected errors keep their trace --
+
+def test_unexpected_error_keeps_its_traceback(demo, tmp_path, capsys, monkeypatch,
+                                              no_runtime_setup):
+    """A bug (here a KeyError deep in training) is no user error: its traceback goes to
+    stderr and train.log, and the last line says it was unexpected."""
+    def broken_train(cfg, rank_id, group_size, log):
+        return {}["missing key"]
+
+    monkeypatch.setattr("src.engine.trainer.train", broken_train)
+    out = str(tmp_path / "run")
+    code, lines = run_main("train.py", seg_train_args(demo["city"], out), capsys)
+    assert code == 1
+    text = "\n".join(lines)
+    assert "Traceback (most recent call last)" in text and "broken_train" in text
+    assert lines[-1].startswith("error: unexpected KeyError: 'missing key'")
+    assert os.path.join(out, "train.log") in lines[-1]
+    log = open(os.path.join(out, "train.log")).read()
+    assert "Traceback (most recent call last)" in log and "broken_train" in log
+
+
+def test_user_message_of_wrapped_and_plain_errors():
+    from src.data import DataError
+    from src.utils.errors import user_message
+
+    wrapped = RuntimeError(
+        "Exception thrown from user defined Python function in dataset.\n\n----\n- Python Call "
+        "Stack:\n----\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+        "src.data.transforms.DataError: /d/a.png: corrupt\n  second line\n\n"
+        "------------------------------------------------------------------\n"
+        "- C++ Call Stack: (For framework developers)\n---\ngenerator_op.cc(383).")
+    assert user_message(wrapped) == "/d/a.png: corrupt\n  second line"
+    assert user_message(DataError("/d/b.png: bad")) == "/d/b.png: bad"
+    assert user_message(ValueError("a bug")) is None
+    assert user_message(RuntimeError("ValueError: a bug quoted")) is None
+    try:
+        try:
+            raise DataError("/d/c.png: bad")
+        except DataError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert user_message(outer) == "/d/c.png: bad"
