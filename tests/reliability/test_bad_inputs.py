@@ -196,3 +196,48 @@ def test_user_message_of_wrapped_and_plain_errors():
             raise RuntimeError("wrapped") from inner
     except RuntimeError as outer:
         assert user_message(outer) == "/d/c.png: bad"
+
+
+# ------------------------------------------------------------------------ converter --
+
+def mit_b0_imagenet_state():
+    """The tensors by which an NVlabs ImageNet MiT-B0 is recognised (embed dims, depths)."""
+    state = {}
+    for stage, dim in enumerate((32, 64, 160, 256), start=1):
+        state[f"patch_embed{stage}.proj.weight"] = np.ones((dim, 3, 3, 3), np.float32)
+        for block in range(2):
+            state[f"block{stage}.{block}.norm1.weight"] = np.ones(dim, np.float32)
+    return state
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("block2.1.norm1.weight", np.array([1.0, np.nan] * 32, np.float32), "non-finite"),
+    ("patch_embed3.proj.weight", np.ones((160, 3, 3, 3), np.float32) * np.inf, "non-finite"),
+    ("patch_embed1.proj.weight", np.ones((32, 3, 3, 3), np.int32), "dtype int32"),
+    ("block1.0.norm1.weight", np.ones(32, bool), "dtype bool"),
+])
+def test_converter_refuses_bad_values(tmp_path, capsys, key, value, expected):
+    from safetensors.numpy import save_file
+    state = mit_b0_imagenet_state()
+    state[key] = value
+    src, out = str(tmp_path / "mit_b0.safetensors"), str(tmp_path / "out.ckpt")
+    save_file(state, src)
+    with pytest.raises(SystemExit) as exc:
+        load_tool("tools/convert_model.py").main([f"--pt_model_path={src}",
+                                                  f"--ms_model_path={out}"])
+    message = str(exc.value.code)
+    assert message.startswith("convert_model: error:") and "\n" not in message
+    assert f"'backbone.{key}' (checkpoint key '{key}')" in message and expected in message
+    assert not os.path.exists(out)
+
+
+def test_fused_tensor_names_its_faulty_part():
+    from src.convert.common import BadValuesError, check_values
+    q = np.ones((4, 4), np.float32)
+    k = np.ones((4, 4), np.float32)
+    v = np.full((4, 4), np.nan, np.float32)
+    source = {"layers.0.attention.q_proj.weight": q, "layers.0.attention.k_proj.weight": k,
+              "layers.0.attention.v_proj.weight": v}
+    with pytest.raises(BadValuesError, match=r"'blocks.0.attn.qkv.weight' \(from parts such as "
+                                             r"'layers.0.attention.v_proj.weight'\) holds 16 "):
+        check_values({"blocks.0.attn.qkv.weight": np.concatenate([q, k, v])}, source)
