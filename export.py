@@ -18,10 +18,10 @@ def main(argv):
     cfg = config_from_argv(argv)
     from src.engine.export import check_export, export_config, export_network
     from src.engine.inference import load_trained_net
-    from src.utils.device import setup_runtime
+    from src.utils.device import setup_runtime_one_device_ok
 
     try:
-        setup_runtime(cfg)
+        setup_runtime_one_device_ok(cfg)
         check_export(cfg)  # a wrong format or path fails before the checkpoint is read
         net = load_trained_net(export_config(cfg), cfg.export_ckpt_path)
         export_network(net, cfg)

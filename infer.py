@@ -21,7 +21,7 @@ def main(argv):
     from src.engine.infer_images import plan_inference, run_inference
     from src.engine.inference import load_trained_net
     from src.models import is_segmentation
-    from src.utils.device import setup_runtime
+    from src.utils.device import setup_runtime_one_device_ok
 
     if not is_segmentation(cfg):
         fail(f"infer.py writes segmentation maps; config model={cfg.model!r} is not a "
@@ -29,7 +29,7 @@ def main(argv):
     log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
-        setup_runtime(cfg)
+        setup_runtime_one_device_ok(cfg, log)
         plan = plan_inference(cfg)  # bad input/output paths fail before the model is loaded
         net = load_trained_net(cfg, cfg.infer_ckpt_path, log)
         _, failures = run_inference(net, cfg, plan, log)

@@ -198,6 +198,50 @@ def test_user_message_of_wrapped_and_plain_errors():
         assert user_message(outer) == "/d/c.png: bad"
 
 
+# ------------------------------------------------------------- export, eval, infer --
+
+@pytest.fixture(scope="module")
+def b0_ckpt(tmp_path_factory):
+    from src.models import build_model
+    from src.utils.checkpoint import save_checkpoint
+    from src.utils.config import load_config
+    path = str(tmp_path_factory.mktemp("b0") / "segformer_b0.ckpt")
+    save_checkpoint(build_model(load_config(B0_DEMO, ["--mode=PYNATIVE"])), path)
+    return path
+
+
+def test_export_of_a_shape_the_network_cannot_take(b0_ckpt, tmp_path, capsys, no_runtime_setup):
+    """SegFormer's stride-32 stage cannot take 16x16: MindSpore would still write a MINDIR
+    that fails only when loaded."""
+    stem = str(tmp_path / "net")
+    code, lines = run_main("export.py", [f"--config_path={B0_DEMO}", "--mode=PYNATIVE",
+                                         f"--export_ckpt_path={b0_ckpt}", f"--export_file_name={stem}",
+                                         "--export_input_shape=1,3,16,16"], capsys)
+    assert_clear_error(code, lines, "export_input_shape [1, 3, 16, 16]", "Conv2d",
+                       "nothing was written")
+    assert os.listdir(tmp_path) == []
+
+
+def test_eval_with_a_distributed_config_runs_on_one_device(demo, b0_ckpt, tmp_path, capsys,
+                                                           monkeypatch):
+    """A training recipe with run_distribute: True evaluates on one machine without a
+    launcher (saying so); training keeps requiring the launcher."""
+    import src.utils.device as device
+    for key in device.MSRUN_ENV + ("RANK_TABLE_FILE",):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(device, "_check_device", lambda target, device_id: None)
+    args = [f"--config_path={B0_DEMO}", "--mode=PYNATIVE", "--run_distribute=True",
+            f"--data_path={demo['city']}", "--eval_base_size=[64,128]", f"--output_dir={tmp_path}"]
+    load_tool("eval.py").main(args + [f"--eval_ckpt_path={b0_ckpt}"])
+    out = capsys.readouterr().out
+    assert ("run_distribute=True in the config, but no distributed launcher started this "
+            "process: running on one device") in out
+    assert "===> mIoU:" in out
+    code, lines = run_main("train.py", args + [f"--checkpoint_path={tmp_path}/ckpt"], capsys)
+    assert_clear_error(code, lines, "run_distribute=True on CPU needs the msrun variables")
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
 # ------------------------------------------------------------------------ converter --
 
 def mit_b0_imagenet_state():
