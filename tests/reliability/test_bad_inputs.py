@@ -242,6 +242,58 @@ def test_eval_with_a_distributed_config_runs_on_one_device(demo, b0_ckpt, tmp_pa
     assert not os.path.exists(tmp_path / "ckpt")
 
 
+@pytest.fixture
+def images_folder(demo, tmp_path):
+    """A folder holding one image (a demo val scene)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    val = os.path.join(demo["city"], "leftImg8bit", "val")
+    first = sorted(os.path.join(d, f) for d, _, fs in os.walk(val) for f in fs)[0]
+    shutil.copy(first, folder / "scene.png")
+    return folder
+
+
+@pytest.fixture
+def alarm():
+    """Fail (instead of hanging the suite) if a call blocks, e.g. on opening a FIFO."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError("blocked for 120 s")
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def infer_args(b0_ckpt, data, out, tmp_path):
+    return [f"--config_path={B0_DEMO}", "--mode=PYNATIVE", f"--infer_ckpt_path={b0_ckpt}",
+            f"--data_path={data}", f"--infer_output_path={out}", f"--output_dir={tmp_path}/logs",
+            "--eval_base_size=[64,128]"]
+
+
+def test_infer_output_folder_is_the_input_folder(b0_ckpt, images_folder, tmp_path, capsys,
+                                                 no_runtime_setup):
+    before = files_under(str(images_folder))
+    code, lines = run_main("infer.py", infer_args(b0_ckpt, images_folder, images_folder, tmp_path),
+                           capsys)
+    assert_clear_error(code, lines, f"infer_output_path {images_folder}", "is the input folder")
+    assert files_under(str(images_folder)) == before
+
+
+def test_infer_skips_a_fifo_named_like_an_image(b0_ckpt, images_folder, tmp_path, capsys, alarm,
+                                                no_runtime_setup):
+    os.mkfifo(images_folder / "pipe.png")
+    out = tmp_path / "out"
+    load_tool("infer.py").main(infer_args(b0_ckpt, images_folder, out, tmp_path))
+    assert "skipping 1 file(s) that are not images" in capsys.readouterr().out
+    assert "scene_gray.png" in files_under(str(out)) and "pipe_gray.png" not in files_under(str(out))
+    code, lines = run_main("infer.py", infer_args(b0_ckpt, images_folder / "pipe.png", out, tmp_path),
+                           capsys)
+    assert_clear_error(code, lines, "pipe.png is neither a regular file nor a folder")
+
+
 # ------------------------------------------------------------------------ converter --
 
 def mit_b0_imagenet_state():
