@@ -17,12 +17,14 @@ def main(argv):
     cfg = config_from_argv(argv)
     from src.engine.evaluate import evaluate
     from src.engine.inference import load_trained_net
+    from src.engine.startup import check_startup
     from src.utils.device import setup_runtime_one_device_ok
 
     log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "eval.log"))
         rank_id, group_size = setup_runtime_one_device_ok(cfg, log)
+        check_startup(cfg, "eval")
         net = load_trained_net(cfg, cfg.eval_ckpt_path, log)
         start = time.time()
         evaluate(net, cfg, rank_id, group_size, log, ckpt_name=os.path.basename(cfg.eval_ckpt_path))

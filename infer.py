@@ -20,6 +20,7 @@ def main(argv):
     cfg = config_from_argv(argv)
     from src.engine.infer_images import plan_inference, run_inference
     from src.engine.inference import load_trained_net
+    from src.engine.startup import check_startup
     from src.models import is_segmentation
     from src.utils.device import setup_runtime_one_device_ok
 
@@ -31,6 +32,7 @@ def main(argv):
         log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
         setup_runtime_one_device_ok(cfg, log)
         plan = plan_inference(cfg)  # bad input/output paths fail before the model is loaded
+        check_startup(cfg, "infer")
         net = load_trained_net(cfg, cfg.infer_ckpt_path, log)
         _, failures = run_inference(net, cfg, plan, log)
     except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)

@@ -17,6 +17,7 @@ from src.utils.logger import FileLogger, fail_on_error, train_log_name
 
 def main(argv):
     cfg = config_from_argv(argv)
+    from src.engine.startup import check_startup
     from src.engine.trainer import train
     from src.utils.device import setup_runtime
 
@@ -28,6 +29,7 @@ def main(argv):
     log(f"config: {cfg.config_path or '(defaults)'}, rank {rank_id}/{group_size}, "
         f"device {cfg.device_target}, seed {cfg.seed}")
     try:
+        check_startup(cfg, "train")  # what the run reads or writes later fails now
         train(cfg, rank_id, group_size, log)
     except Exception as err:  # noqa: BLE001
         fail_on_error(err, log)

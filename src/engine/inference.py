@@ -29,8 +29,9 @@ from mindspore import ops
 
 from src.data.transforms import normalize, rescale_size, resize_for_test, to_chw
 from src.utils.config import ConfigError
+from src.utils.defaults import CHOICES
 
-EVAL_MODES = ("whole", "slide")
+EVAL_MODES = CHOICES["eval_mode"]
 
 
 def load_trained_net(cfg, ckpt_path, log=print):

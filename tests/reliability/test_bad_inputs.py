@@ -63,13 +63,17 @@ def run_main(tool, argv, capsys):
     """Exit status and the stderr lines of ``tool``'s main(argv)."""
     with pytest.raises(SystemExit) as exc:
         load_tool(tool).main(argv)
-    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+    code, lines = exc.value.code, capsys.readouterr().err.strip().splitlines()
+    if isinstance(code, str):  # SystemExit("message"): Python prints it to stderr, exit 1
+        code, lines = 1, lines + code.splitlines()
+    return code, lines
 
 
 def assert_clear_error(code, lines, *names):
-    """Exit 1 and a last line ``error: ...`` holding every one of ``names``."""
+    """Exit 1 and a last line ``error: ...`` (``config error: ...`` from the config loader)
+    holding every one of ``names``."""
     assert code == 1, lines
-    assert lines and lines[-1].startswith("error: "), lines[-3:]
+    assert lines and lines[-1].startswith(("error: ", "config error: ")), lines[-3:]
     for name in names:
         assert name in lines[-1], (name, lines[-1])
     assert "Traceback" not in "\n".join(lines) and "C++ Call Stack" not in "\n".join(lines)
@@ -101,7 +105,7 @@ def test_corrupt_training_image_is_the_last_line(demo, tmp_path, capsys, no_runt
     out = str(tmp_path / "run")
     code, lines = run_main("train.py", seg_train_args(data, out), capsys)
     assert_clear_error(code, lines, image, "corrupt or truncated image")
-    assert not os.path.exists(os.path.join(out, "ckpt"))
+    assert files_under(os.path.join(out, "ckpt")) == []
     log = open(os.path.join(out, "train.log")).read().splitlines()
     assert log[-1] == lines[-1]
 
@@ -113,7 +117,7 @@ def test_wrong_size_label_is_the_last_line(demo, tmp_path, capsys, no_runtime_se
     out = str(tmp_path / "run")
     code, lines = run_main("train.py", seg_train_args(data, out), capsys)
     assert_clear_error(code, lines, label, "label size 20x10", "differs from its image")
-    assert not os.path.exists(os.path.join(out, "ckpt"))
+    assert files_under(os.path.join(out, "ckpt")) == []
 
 
 def test_corrupt_val_image_in_classification_eval(demo, tmp_path, capsys, no_runtime_setup):
@@ -151,7 +155,46 @@ def test_pipeline_error_in_a_real_process_ends_with_our_line(demo, tmp_path):
     assert proc.returncode == 1
     assert lines[-1].startswith("error: ") and image in lines[-1]
     assert "C++ Call Stack" not in proc.stderr and "Traceback" not in proc.stderr
-    assert not os.path.exists(os.path.join(out, "ckpt"))
+    assert files_under(os.path.join(out, "ckpt")) == []
+
+
+# ------------------------------------------------------ values checked at start-up --
+
+@pytest.mark.parametrize("override,names", [
+    ("--eval_mode=slid", ["config key 'eval_mode'", "'slid'", "whole, slide"]),
+    ("--crop_size=512", ["config key 'crop_size'", "expected [H, W]", "got [512]"]),
+    ("--base_size=0,1024", ["config key 'base_size'", "2 positive numbers", "got [0, 1024]"]),
+])
+def test_bad_values_fail_before_any_work(demo, tmp_path, capsys, no_runtime_setup, override, names):
+    out = str(tmp_path / "run")
+    code, lines = run_main("train.py", seg_train_args(demo["city"], out) + [override], capsys)
+    assert_clear_error(code, lines, *names)
+    assert not os.path.exists(out)
+
+
+def test_missing_val_split_fails_before_training(demo, tmp_path, capsys, no_runtime_setup):
+    data = copy_of(demo["city"], tmp_path)
+    shutil.rmtree(os.path.join(data, "gtFine", "val"))
+    out = str(tmp_path / "run")
+    args = [a for a in seg_train_args(data, out) if a != "--run_eval=False"]
+    code, lines = run_main("train.py", args, capsys)
+    label_dir = os.path.join(data, "gtFine", "val")
+    assert_clear_error(code, lines, "run_eval=True evaluates after each epoch",
+                       f"label directory of split 'val' not found: {label_dir}")
+    assert "Epoch 1" not in open(os.path.join(out, "train.log")).read()
+    assert files_under(os.path.join(out, "ckpt")) == []
+
+
+def test_unwritable_checkpoint_path_fails_before_training(demo, tmp_path, capsys,
+                                                         no_runtime_setup):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = str(tmp_path / "run")
+    args = seg_train_args(demo["city"], out) + [f"--checkpoint_path={blocker}/ckpt"]
+    code, lines = run_main("train.py", args, capsys)
+    assert_clear_error(code, lines, "config key 'checkpoint_path'", f"{blocker}/ckpt")
+    assert "Epoch 1" not in open(os.path.join(out, "train.log")).read()
+    assert blocker.read_text() == "x"
 
 
 # ------------------------------------------------- unexpected errors keep their trace --
