@@ -18,8 +18,15 @@ COMMANDS = ("train", "eval", "infer")
 
 
 def check_writable_dir(path, key):
-    """``path`` is, or can be made, a folder this process can write files into."""
+    """``path`` is, or can be made, a folder this process can write files into. The probe
+    leaves nothing behind (folders it created are removed): a run that fails later on
+    another check has written nothing."""
     path = os.path.abspath(path)
+    created = []
+    missing = path
+    while not os.path.lexists(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
@@ -27,6 +34,12 @@ def check_writable_dir(path, key):
     except OSError as err:
         raise ConfigError(f"config key '{key}': cannot write into {path} "
                           f"({err.strerror or err}); give a writable folder") from None
+    finally:
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:  # not created after all, or another process writes there now
+                break
 
 
 def _check_eval_settings(cfg):

@@ -105,7 +105,7 @@ def test_corrupt_training_image_is_the_last_line(demo, tmp_path, capsys, no_runt
     out = str(tmp_path / "run")
     code, lines = run_main("train.py", seg_train_args(data, out), capsys)
     assert_clear_error(code, lines, image, "corrupt or truncated image")
-    assert files_under(os.path.join(out, "ckpt")) == []
+    assert not os.path.exists(os.path.join(out, "ckpt"))
     log = open(os.path.join(out, "train.log")).read().splitlines()
     assert log[-1] == lines[-1]
 
@@ -117,7 +117,7 @@ def test_wrong_size_label_is_the_last_line(demo, tmp_path, capsys, no_runtime_se
     out = str(tmp_path / "run")
     code, lines = run_main("train.py", seg_train_args(data, out), capsys)
     assert_clear_error(code, lines, label, "label size 20x10", "differs from its image")
-    assert files_under(os.path.join(out, "ckpt")) == []
+    assert not os.path.exists(os.path.join(out, "ckpt"))
 
 
 def test_corrupt_val_image_in_classification_eval(demo, tmp_path, capsys, no_runtime_setup):
@@ -155,7 +155,7 @@ def test_pipeline_error_in_a_real_process_ends_with_our_line(demo, tmp_path):
     assert proc.returncode == 1
     assert lines[-1].startswith("error: ") and image in lines[-1]
     assert "C++ Call Stack" not in proc.stderr and "Traceback" not in proc.stderr
-    assert files_under(os.path.join(out, "ckpt")) == []
+    assert not os.path.exists(os.path.join(out, "ckpt"))
 
 
 # ------------------------------------------------------ values checked at start-up --
@@ -182,7 +182,13 @@ def test_missing_val_split_fails_before_training(demo, tmp_path, capsys, no_runt
     assert_clear_error(code, lines, "run_eval=True evaluates after each epoch",
                        f"label directory of split 'val' not found: {label_dir}")
     assert "Epoch 1" not in open(os.path.join(out, "train.log")).read()
-    assert files_under(os.path.join(out, "ckpt")) == []
+    assert not os.path.exists(os.path.join(out, "ckpt"))
+
+
+def test_checkpoint_path_probe_leaves_nothing_behind(tmp_path):
+    from src.engine.startup import check_writable_dir
+    check_writable_dir(str(tmp_path / "a" / "b" / "ckpt"), "checkpoint_path")
+    assert os.listdir(tmp_path) == []
 
 
 def test_unwritable_checkpoint_path_fails_before_training(demo, tmp_path, capsys,
@@ -192,7 +198,8 @@ def test_unwritable_checkpoint_path_fails_before_training(demo, tmp_path, capsys
     out = str(tmp_path / "run")
     args = seg_train_args(demo["city"], out) + [f"--checkpoint_path={blocker}/ckpt"]
     code, lines = run_main("train.py", args, capsys)
-    assert_clear_error(code, lines, "config key 'checkpoint_path'", f"{blocker}/ckpt")
+    assert_clear_error(code, lines, "config key 'checkpoint_path'", f"{blocker}/ckpt",
+                       "Not a directory")
     assert "Epoch 1" not in open(os.path.join(out, "train.log")).read()
     assert blocker.read_text() == "x"
 
