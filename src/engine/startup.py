@@ -18,28 +18,28 @@ COMMANDS = ("train", "eval", "infer")
 
 
 def check_writable_dir(path, key):
-    """``path`` is, or can be made, a folder this process can write files into. The probe
-    leaves nothing behind (folders it created are removed): a run that fails later on
-    another check has written nothing."""
+    """``path`` is a folder this process can write files into, or one it can create. Nothing
+    is created (ranks of one run probe the same folder at once, and a run refused by a later
+    check has written nothing): an existing folder gets a probe file, removed at once; for a
+    missing one, its nearest existing ancestor must be a writable folder."""
     path = os.path.abspath(path)
-    created = []
-    missing = path
-    while not os.path.lexists(missing):
-        created.append(missing)
-        missing = os.path.dirname(missing)
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"config key '{key}': cannot write into {path} "
-                          f"({err.strerror or err}); give a writable folder") from None
-    finally:
-        for folder in created:  # deepest first
-            try:
-                os.rmdir(folder)
-            except OSError:  # not created after all, or another process writes there now
-                break
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing} is a file, not a folder"
+    elif existing == path:
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+                pass
+        except OSError as err:
+            problem = err.strerror or str(err)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable, so the folder cannot be created"
+    if problem:
+        raise ConfigError(f"config key '{key}': cannot write into {path} ({problem}); give a "
+                          f"writable folder")
 
 
 def _check_eval_settings(cfg):

@@ -188,6 +188,7 @@ def test_missing_val_split_fails_before_training(demo, tmp_path, capsys, no_runt
 def test_checkpoint_path_probe_leaves_nothing_behind(tmp_path):
     from src.engine.startup import check_writable_dir
     check_writable_dir(str(tmp_path / "a" / "b" / "ckpt"), "checkpoint_path")
+    check_writable_dir(str(tmp_path), "checkpoint_path")
     assert os.listdir(tmp_path) == []
 
 
@@ -199,7 +200,7 @@ def test_unwritable_checkpoint_path_fails_before_training(demo, tmp_path, capsys
     args = seg_train_args(demo["city"], out) + [f"--checkpoint_path={blocker}/ckpt"]
     code, lines = run_main("train.py", args, capsys)
     assert_clear_error(code, lines, "config key 'checkpoint_path'", f"{blocker}/ckpt",
-                       "Not a directory")
+                       f"{blocker} is a file, not a folder")
     assert "Epoch 1" not in open(os.path.join(out, "train.log")).read()
     assert blocker.read_text() == "x"
 
