@@ -13,26 +13,27 @@ import sys
 import time
 
 from src.utils.config import config_from_argv
-from src.utils.logger import FileLogger, fail
+from src.utils.logger import FileLogger, fail_on_error
 
 
 def main(argv):
     cfg = config_from_argv(argv)
-    from src.data import DataError
     from src.engine.evaluate import evaluate
     from src.engine.networks import load_network
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.engine.startup import check_startup
+    from src.utils.device import setup_runtime_one_device_ok
 
+    log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "eval.log"))
-        rank_id, group_size = setup_runtime(cfg)
+        rank_id, group_size = setup_runtime_one_device_ok(cfg, log)
+        check_startup(cfg, "eval")
         net = load_network(cfg, cfg.eval_ckpt_path, log)
         start = time.time()
         evaluate(net, cfg, rank_id, group_size, log, ckpt_name=os.path.basename(cfg.eval_ckpt_path))
         log(f"all eval process done, cost:{time.time() - start:.0f}s")
-    except (CheckpointError, DataError, RuntimeSetupError, ValueError, OSError) as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err, log)
 
 
 if __name__ == "__main__":

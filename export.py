@@ -11,25 +11,22 @@ reference kernel backend (standard operators only), whatever ``kernel_backend`` 
 import sys
 
 from src.utils.config import config_from_argv
-from src.utils.logger import fail
+from src.utils.logger import fail_on_error
 
 
 def main(argv):
     cfg = config_from_argv(argv)
-    from src.engine.export import ExportError, check_export, export_config, export_network
+    from src.engine.export import check_export, export_config, export_network
     from src.engine.networks import load_trained_net
-    from src.engine.mindir_to_onnx import OnnxConversionError
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.utils.device import setup_runtime_one_device_ok
 
     try:
-        setup_runtime(cfg)
+        setup_runtime_one_device_ok(cfg)
         check_export(cfg)  # a wrong format or path fails before the checkpoint is read
         net = load_trained_net(export_config(cfg), cfg.export_ckpt_path)
         export_network(net, cfg)
-    except (CheckpointError, ExportError, OnnxConversionError, RuntimeSetupError, ValueError,
-            OSError) as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err)
 
 
 if __name__ == "__main__":

@@ -19,33 +19,34 @@ import os
 import sys
 
 from src.utils.config import config_from_argv
-from src.utils.logger import FileLogger, fail
+from src.utils.logger import FileLogger, fail, fail_on_error
 
 
 def main(argv):
     cfg = config_from_argv(argv)
     from src.apis import build_inference_model, inference_model
-    from src.engine.infer_images import (InferInputError, plan_inference, report_failures,
-                                          run_inference)
+    from src.engine.infer_images import plan_inference, report_failures, run_inference
     from src.engine.infer_video import is_video_input, plan_video, run_video
+    from src.engine.startup import check_startup
     from src.models import is_segmentation
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.utils.device import setup_runtime_one_device_ok
 
     if not is_segmentation(cfg):
         fail(f"infer.py writes segmentation maps; config model={cfg.model!r} is not a "
              f"segmentation model (use eval.py for ViT accuracy)")
+    log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "infer.log"))
-        setup_runtime(cfg)
+        setup_runtime_one_device_ok(cfg, log)
         video = is_video_input(cfg)
-        # bad input/output paths fail before the model is loaded
+        # bad input/output paths and settings fail before the model is loaded
         plan = plan_video(cfg) if video else plan_inference(cfg)
+        check_startup(cfg, "infer")
         model = build_inference_model(cfg, cfg.infer_ckpt_path or "", log)
         _, failures = (run_video if video else run_inference)(
             lambda image: inference_model(model, image), cfg, plan, log)
-    except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err, log)
     if report_failures(failures, log):
         raise SystemExit(1)
 

@@ -12,35 +12,29 @@ import sys
 import traceback
 
 from src.utils.config import config_from_argv
-from src.utils.logger import FileLogger, fail, train_log_name
+from src.utils.logger import FileLogger, fail_on_error, train_log_name
 
 
 def main(argv):
     cfg = config_from_argv(argv)
-    from src.data import DataError
-    from src.engine.amp import AmpConfigError
-    from src.engine.optim import OptimizerError
-    from src.engine.schedules import ScheduleError
-    from src.engine.trainer import TrainError, train
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.engine.startup import check_startup
+    from src.engine.trainer import train
+    from src.utils.device import setup_runtime
 
-    user_errors = (AmpConfigError, CheckpointError, DataError, OptimizerError, RuntimeSetupError,
-                   ScheduleError, TrainError, OSError, ValueError)
     try:
         rank_id, group_size = setup_runtime(cfg)
         log = FileLogger(os.path.join(cfg.output_dir, train_log_name(rank_id, group_size)))
-    except user_errors as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err)
     log(f"config: {cfg.config_path or '(defaults)'}, rank {rank_id}/{group_size}, "
         f"device {cfg.device_target}, seed {cfg.seed}")
     try:
+        check_startup(cfg, "train")  # what the run reads or writes later fails now
         train(cfg, rank_id, group_size, log)
-    except user_errors as err:
-        log.to_file(f"error: {err}")
-        fail(err)
+    except Exception as err:  # noqa: BLE001
+        fail_on_error(err, log)
     except BaseException:
-        log.to_file(traceback.format_exc().rstrip())  # the log file keeps the cause of a crash
+        log.to_file(traceback.format_exc().rstrip())  # the log file keeps why the run stopped
         raise
     log("all train process done")
 

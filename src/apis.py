@@ -26,6 +26,7 @@ from src.engine.inference import ClsInferencer, SegInferencer
 from src.engine.networks import as_network, load_network
 from src.models import is_segmentation
 from src.utils.config import load_config
+from src.utils.errors import InputError
 
 
 class InferenceModel:
@@ -79,7 +80,7 @@ def _read(item, index, model):
         return _decode(path)
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise ValueError(f"imgs[{index}]: expected an RGB uint8 array [H, W, 3], got "
+            raise InputError(f"imgs[{index}]: expected an RGB uint8 array [H, W, 3], got "
                              f"{item.dtype} {list(item.shape)}")
         return item
     raise TypeError(f"imgs[{index}]: expected an image path or an RGB uint8 numpy array, "
@@ -118,11 +119,11 @@ def inference_model(model, imgs, return_probs=False, batch_size=1, topk=5):
         raise TypeError(f"model: expected the InferenceModel returned by init_model, got "
                         f"{type(model).__name__}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     single = isinstance(imgs, (str, os.PathLike, np.ndarray))
     items = [imgs] if single else list(imgs)
     if not items:
-        raise ValueError("imgs is empty: give a path, an RGB uint8 array, or a list of them")
+        raise InputError("imgs is empty: give a path, an RGB uint8 array, or a list of them")
     images = [_read(item, i, model) for i, item in enumerate(items)]
     predictor = model.predictor
     results = []

@@ -40,6 +40,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.utils.errors import UserError  # noqa: E402
 from src.utils.plotting import parse_window_size, pyplot, save_figure  # noqa: E402
 
 STEP_KEYS = ("loss", "lr", "step_time", "loss_scale", "eta")
@@ -59,7 +60,7 @@ TOPK_RE = re.compile(rf"^===> Total data: (\d+), top1 accuracy: ({_NUM}), top5 a
 RANK_FILE_RE = re.compile(r"train_rank(\d+)\.log$")
 
 
-class LogError(ValueError):
+class LogError(UserError, ValueError):
     """A log file that cannot be read or lacks what was asked for."""
 
 

@@ -33,12 +33,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.utils.errors import UserError  # noqa: E402
 from src.utils.rank_table import build_rank_table, load_rank_table, server_layout_error  # noqa: E402
 
 RANGE = re.compile(r"^\s*\[\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 
 
-class HcclToolsError(ValueError):
+class HcclToolsError(UserError, ValueError):
     pass
 
 

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from src.utils.config import config_from_argv  # noqa: E402
-from src.utils.logger import FileLogger, fail  # noqa: E402
+from src.utils.logger import FileLogger, fail, fail_on_error  # noqa: E402
 
 
 def resolve_config(argv):
@@ -54,16 +54,15 @@ def main(argv):
         fail(err)
 
     from src.apis import InferenceModel, inference_model
-    from src.engine.infer_images import (InferInputError, plan_inference, report_failures,
-                                          run_inference)
+    from src.engine.infer_images import plan_inference, report_failures, run_inference
     from src.engine.lite import LiteNetwork
     from src.models import is_segmentation
-    from src.utils.checkpoint import CheckpointError
-    from src.utils.device import RuntimeSetupError, setup_runtime
+    from src.utils.device import setup_runtime
 
     if not is_segmentation(cfg):
         fail(f"infer_lite.py writes segmentation maps; config model={cfg.model!r} is not a "
              f"segmentation model")
+    log = None
     try:
         log = FileLogger(os.path.join(cfg.output_dir, "infer_lite.log"))
         host = copy.deepcopy(cfg)  # MindSpore runs the pre/post-processing, on the CPU
@@ -75,8 +74,8 @@ def main(argv):
             f"(input {network.input_shape})")
         model = InferenceModel(cfg, network)
         _, failures = run_inference(lambda image: inference_model(model, image), cfg, plan, log)
-    except (CheckpointError, InferInputError, RuntimeSetupError, ValueError, OSError) as err:
-        fail(err)
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err, log)
     if report_failures(failures, log):
         raise SystemExit(1)
 

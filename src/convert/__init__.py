@@ -10,13 +10,16 @@ A format is any object (a module qualifies) with:
                                                used when no --config_path is given
 
 ``state_dict`` is a flat dict name -> float32/int ``np.ndarray`` (``read_state_dict``
-already removed the ``state_dict``/``model`` wrapper). ``FORMATS`` is tried in order and
+already removed the ``state_dict``/``model`` wrapper). Whatever a format converts must be
+finite float arrays (``check_values``). ``FORMATS`` is tried in order and
 the first match wins, so put the more specific formats first. Adding a format is one
 line here. ``tools/convert_model.py`` drives it; ``convert_checkpoint`` is the whole job.
 """
 import os
 
 from src.convert import segformer_formats, vit_formats
+from src.convert.common import check_values
+from src.utils.errors import UserError
 
 FORMATS = [
     *segformer_formats.FORMATS,  # NVlabs/mmseg-0.x fine-tuned, HF transformers, NVlabs ImageNet MiT
@@ -24,7 +27,7 @@ FORMATS = [
 ]
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """The input is not a checkpoint we can convert, or does not fit the network."""
 
 
@@ -177,6 +180,7 @@ def convert_checkpoint(pt_path, ms_path, config_path="", overrides=(), log=print
     cfg = resolve_config(state_dict, fmt, config_path, overrides, log)
     try:
         converted, skipped = fmt.convert(state_dict, cfg)
+        check_values(converted, state_dict)
     except ValueError as err:
         raise ConversionError(f"{pt_path} ({fmt.NAME}): {err}") from None
     with no_init_parameters():  # shapes only: skip the (slow) random init

@@ -1,23 +1,26 @@
 """SegFormer checkpoint formats -> our parameter names (``backbone.*``, ``decode_head.*``).
 
-Each table is a list of (upstream key regex, our name template): named groups fill the
-template's fields; a group called ``stage0`` is a 0-based index (HF) and fills ``{stage}``
-plus one (ours, like NVlabs, count stages from 1). A key matching no row is an error
-unless it matches the format's SKIP list (tensors upstream keeps that the network does
-not use). HF rows with a third item are halves: HF splits the fused ``attn.kv`` Linear into
-``key`` (part 0, first half of the outputs) and ``value`` (part 1); they are concatenated
-back along the output axis.
+Each table is a list of (upstream key regex, our name template) rows (the rules are in
+``src/convert/common.py``): a group called ``stage0`` is HF's 0-based stage, ours (like
+NVlabs) count from 1. A key matching no row is an error unless it matches the format's
+SKIP list (tensors upstream keeps that the network does not use). HF splits the fused
+``attn.kv`` Linear into ``key`` (first half of the outputs) and ``value``: those rows carry
+the part, and the parts are concatenated back.
+
+HF checkpoints come with two naming schemes: the hub's (``save_pretrained`` files,
+``segformer.encoder.block.0.0.attention.self.query``) and, since transformers 5, other
+names for the modules in memory, which ``torch.save(model.state_dict())`` writes
+(``segformer.stages.0.blocks.0.attention.q_proj``).
 """
 import re
 
-import numpy as np
-
-from src.convert.common import check_class_count
+from src.convert.common import UnmappedKeyError, apply_tables, check_class_count
 
 P = r"(?P<p>weight|bias)"
 N = r"(?P<stage>\d)"        # 1-based stage (NVlabs)
 N0 = r"(?P<stage0>\d)"      # 0-based stage (HF)
 J = r"(?P<j>\d+)"           # block index inside a stage, 0-based everywhere
+KV = ("key", "value")       # the parts of the fused attn.kv Linear, in its output order
 
 # ------------------------------------------------------------------------- tables --
 
@@ -44,6 +47,16 @@ NVLABS_HEAD = [
     (rf"linear_pred\.{P}", "linear_pred.{p}"),
 ]
 
+# The HF head after its four input projections (the same names in both schemes).
+HF_HEAD = [
+    (r"decode_head\.linear_fuse\.weight", "decode_head.linear_fuse.conv.weight"),
+    (r"decode_head\.batch_norm\.weight", "decode_head.linear_fuse.bn.gamma"),
+    (r"decode_head\.batch_norm\.bias", "decode_head.linear_fuse.bn.beta"),
+    (r"decode_head\.batch_norm\.running_mean", "decode_head.linear_fuse.bn.moving_mean"),
+    (r"decode_head\.batch_norm\.running_var", "decode_head.linear_fuse.bn.moving_variance"),
+    (rf"decode_head\.classifier\.{P}", "decode_head.linear_pred.{p}"),
+]
+
 # HF transformers (hub / save_pretrained names, ``segformer.`` prefix removed).
 HF_BLOCK = rf"encoder\.block\.{N0}\.{J}\."
 HF_TABLE = [
@@ -51,8 +64,8 @@ HF_TABLE = [
     (rf"encoder\.patch_embeddings\.{N0}\.layer_norm\.{P}", "backbone.patch_embed{stage}.norm.{p}"),
     (rf"{HF_BLOCK}layer_norm_1\.{P}", "backbone.block{stage}.{j}.norm1.{p}"),
     (rf"{HF_BLOCK}attention\.self\.query\.{P}", "backbone.block{stage}.{j}.attn.q.{p}"),
-    (rf"{HF_BLOCK}attention\.self\.key\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 0),
-    (rf"{HF_BLOCK}attention\.self\.value\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 1),
+    (rf"{HF_BLOCK}attention\.self\.key\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 0, KV),
+    (rf"{HF_BLOCK}attention\.self\.value\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 1, KV),
     (rf"{HF_BLOCK}attention\.self\.sr\.{P}", "backbone.block{stage}.{j}.attn.sr.{p}"),
     (rf"{HF_BLOCK}attention\.self\.layer_norm\.{P}", "backbone.block{stage}.{j}.attn.norm.{p}"),
     (rf"{HF_BLOCK}attention\.output\.dense\.{P}", "backbone.block{stage}.{j}.attn.proj.{p}"),
@@ -62,12 +75,30 @@ HF_TABLE = [
     (rf"{HF_BLOCK}mlp\.dense2\.{P}", "backbone.block{stage}.{j}.mlp.fc2.{p}"),
     (rf"encoder\.layer_norm\.{N0}\.{P}", "backbone.norm{stage}.{p}"),
     (rf"decode_head\.linear_c\.{N0}\.proj\.{P}", "decode_head.linear_c{stage}.proj.{p}"),
-    (r"decode_head\.linear_fuse\.weight", "decode_head.linear_fuse.conv.weight"),
-    (r"decode_head\.batch_norm\.weight", "decode_head.linear_fuse.bn.gamma"),
-    (r"decode_head\.batch_norm\.bias", "decode_head.linear_fuse.bn.beta"),
-    (r"decode_head\.batch_norm\.running_mean", "decode_head.linear_fuse.bn.moving_mean"),
-    (r"decode_head\.batch_norm\.running_var", "decode_head.linear_fuse.bn.moving_variance"),
-    (rf"decode_head\.classifier\.{P}", "decode_head.linear_pred.{p}"),
+    *HF_HEAD,
+]
+
+# transformers >= 5 in-memory names (``torch.save(model.state_dict())``).
+HF5_BLOCK = rf"stages\.{N0}\.blocks\.{J}\."
+HF5_TABLE = [
+    (rf"stages\.{N0}\.patch_embeddings\.proj\.{P}", "backbone.patch_embed{stage}.proj.{p}"),
+    (rf"stages\.{N0}\.patch_embeddings\.layer_norm\.{P}", "backbone.patch_embed{stage}.norm.{p}"),
+    (rf"{HF5_BLOCK}layernorm_before\.{P}", "backbone.block{stage}.{j}.norm1.{p}"),
+    (rf"{HF5_BLOCK}attention\.q_proj\.{P}", "backbone.block{stage}.{j}.attn.q.{p}"),
+    (rf"{HF5_BLOCK}attention\.k_proj\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 0, KV),
+    (rf"{HF5_BLOCK}attention\.v_proj\.{P}", "backbone.block{stage}.{j}.attn.kv.{p}", 1, KV),
+    (rf"{HF5_BLOCK}attention\.sequence_reduction\.sequence_reduction\.{P}",
+     "backbone.block{stage}.{j}.attn.sr.{p}"),
+    (rf"{HF5_BLOCK}attention\.sequence_reduction\.layer_norm\.{P}",
+     "backbone.block{stage}.{j}.attn.norm.{p}"),
+    (rf"{HF5_BLOCK}attention\.o_proj\.{P}", "backbone.block{stage}.{j}.attn.proj.{p}"),
+    (rf"{HF5_BLOCK}layernorm_after\.{P}", "backbone.block{stage}.{j}.norm2.{p}"),
+    (rf"{HF5_BLOCK}mlp\.fc1\.{P}", "backbone.block{stage}.{j}.mlp.fc1.{p}"),
+    (rf"{HF5_BLOCK}mlp\.dwconv\.dwconv\.{P}", "backbone.block{stage}.{j}.mlp.dwconv.dwconv.{p}"),
+    (rf"{HF5_BLOCK}mlp\.fc2\.{P}", "backbone.block{stage}.{j}.mlp.fc2.{p}"),
+    (rf"stages\.{N0}\.layer_norm\.{P}", "backbone.norm{stage}.{p}"),
+    (rf"decode_head\.linear_projections\.{N0}\.proj\.{P}", "decode_head.linear_c{stage}.proj.{p}"),
+    *HF_HEAD,
 ]
 
 # Tensors upstream stores that the network does not use.
@@ -76,55 +107,6 @@ SKIP_FINETUNED = [r"decode_head\.conv_seg\..*",  # mmseg BaseDecodeHead's conv, 
                   r"backbone\.head\..*",          # an ImageNet head some MiT versions kept
                   r".*num_batches_tracked"]
 SKIP_HF = [r"classifier\..*", r".*num_batches_tracked"]            # HF ImageNet classifier
-
-
-class UnmappedKeyError(ValueError):
-    """A tensor the table does not know, or half of a fused tensor."""
-
-
-def _skipped(key, patterns):
-    return any(re.fullmatch(p, key) for p in patterns)
-
-
-def _rename(key, table, prefix=""):
-    """(our name, part) for ``key`` by the first matching row; part is None or 0/1 (kv)."""
-    for row in table:
-        match = re.fullmatch(row[0], key)
-        if match:
-            fields = match.groupdict()
-            if "stage0" in fields:
-                fields["stage"] = int(fields.pop("stage0")) + 1
-            return prefix + row[1].format(**fields), (row[2] if len(row) > 2 else None)
-    return None, None
-
-
-def _apply(state_dict, rows, skip):
-    """rows: list of (table, key prefix to strip, ms prefix). Returns (converted, skipped)."""
-    converted, parts, skipped = {}, {}, []
-    for key in sorted(state_dict):
-        value = state_dict[key]
-        name, part = None, None
-        for table, strip, add in rows:
-            if key.startswith(strip):
-                name, part = _rename(key[len(strip):], table, add)
-                if name:
-                    break
-        if name is None:
-            if _skipped(key, skip):
-                skipped.append(key)
-                continue
-            raise UnmappedKeyError(f"unexpected tensor '{key}' {tuple(np.shape(value))}: "
-                                   f"no conversion-table row matches it")
-        if part is None:
-            converted[name] = np.asarray(value)
-        else:
-            parts.setdefault(name, {})[part] = np.asarray(value)
-    for name, halves in parts.items():
-        if set(halves) != {0, 1}:
-            which = "key" if 0 not in halves else "value"
-            raise UnmappedKeyError(f"'{name}': the HF '{which}' half of the fused kv is missing")
-        converted[name] = np.concatenate([halves[0], halves[1]], axis=0)
-    return converted, skipped
 
 
 # ---------------------------------------------------------------- shape inference --
@@ -182,7 +164,7 @@ class NvlabsFinetuned(_SegFormerFormat):
 
     @staticmethod
     def rename(state_dict):
-        return _apply(state_dict, [(NVLABS_BACKBONE, "backbone.", "backbone."),
+        return apply_tables(state_dict, [(NVLABS_BACKBONE, "backbone.", "backbone."),
                                    (NVLABS_HEAD, "decode_head.", "decode_head.")], SKIP_FINETUNED)
 
 
@@ -200,7 +182,25 @@ class HFSegformer(_SegFormerFormat):
     def rename(state_dict):
         stripped = {(k[len("segformer."):] if k.startswith("segformer.") else k): v
                     for k, v in state_dict.items()}
-        return _apply(stripped, [(HF_TABLE, "", "")], SKIP_HF)
+        return apply_tables(stripped, [(HF_TABLE, "", "")], SKIP_HF)
+
+
+class HF5Segformer(_SegFormerFormat):
+    """HF transformers >= 5 SegFormer saved from memory (``torch.save(model.state_dict())``:
+    ``segformer.stages.*``; semantic segmentation, image classification or bare
+    ``SegformerModel``)."""
+    NAME = "hf-transformers5-segformer-state-dict"
+
+    @staticmethod
+    def matches(state_dict):
+        prefixes = ("segformer.stages.0.patch_embeddings.", "stages.0.patch_embeddings.")
+        return any(k.startswith(prefixes) for k in state_dict)
+
+    @staticmethod
+    def rename(state_dict):
+        stripped = {(k[len("segformer."):] if k.startswith("segformer.") else k): v
+                    for k, v in state_dict.items()}
+        return apply_tables(stripped, [(HF5_TABLE, "", "")], SKIP_HF)
 
 
 class NvlabsImagenet(_SegFormerFormat):
@@ -213,8 +213,8 @@ class NvlabsImagenet(_SegFormerFormat):
 
     @staticmethod
     def rename(state_dict):
-        return _apply(state_dict, [(NVLABS_BACKBONE, "", "backbone.")], SKIP_IMAGENET)
+        return apply_tables(state_dict, [(NVLABS_BACKBONE, "", "backbone.")], SKIP_IMAGENET)
 
 
 # Most specific first: a fine-tuned checkpoint must not be read as an ImageNet one.
-FORMATS = [NvlabsFinetuned, HFSegformer, NvlabsImagenet]
+FORMATS = [NvlabsFinetuned, HFSegformer, HF5Segformer, NvlabsImagenet]

@@ -9,6 +9,11 @@ everything else (DeiT distillation tokens, layer scale, register tokens, avg-poo
   ``cfg.model == 'vit'``: identity, classifier ``head`` included;
   ``cfg.model == 'segmenter'``: names prefixed ``encoder.``, the ImageNet ``head`` (and
   an in21k ``pre_logits``) skipped; the decoder stays freshly initialised.
+- ``hf-transformers-vit``: an HF transformers ``ViTForImageClassification`` / ``ViTModel``,
+  under either naming scheme: the hub's (``save_pretrained`` files, ``vit.encoder.layer.0.
+  attention.attention.query``) or the transformers >= 5 in-memory names that
+  ``torch.save(model.state_dict())`` writes (``vit.layers.0.attention.q_proj``). Renamed to
+  timm's names (query/key/value fused into ``attn.qkv``), then converted as ``timm-vit``.
 - ``segmenter-official``: rstrudel/segmenter checkpoints (``{'model': state_dict, ...}``,
   the wrapper is removed by ``read_state_dict``): ``encoder.*`` + ``decoder.*``; the
   encoder's ImageNet ``encoder.head`` is skipped (Segmenter never uses it).
@@ -20,7 +25,8 @@ or ``decoder.head``) whose class count differs from ``cfg.class_num`` are an err
 """
 import re
 
-from src.convert.common import check_class_count
+from src.convert.common import apply_tables, check_class_count
+from src.utils.errors import UserError
 
 # timm ViT encoder tensors (identical names in our VisionTransformer).
 VIT_ENCODER = [
@@ -53,6 +59,37 @@ MASK_TRANSFORMER_CLASS_TENSORS = {"decoder.cls_emb": 1, "decoder.mask_norm.weigh
 LINEAR_DECODER = [r"head\.(weight|bias)"]
 LINEAR_DECODER_CLASS_TENSORS = {"decoder.head.weight": 0, "decoder.head.bias": 0}
 
+# HF ViT (``vit.`` prefix removed) -> timm names, both naming schemes.
+I = r"(?P<i>\d+)"
+P = r"(?P<p>weight|bias)"
+QKV = ("query", "key", "value")  # the parts of timm's fused attn.qkv, in its output order
+HF_VIT_TABLE = [
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (rf"embeddings\.patch_embeddings\.projection\.{P}", "patch_embed.proj.{p}"),
+    (rf"layernorm\.{P}", "norm.{p}"),
+    (rf"classifier\.{P}", "head.{p}"),
+    # hub names
+    (rf"encoder\.layer\.{I}\.layernorm_before\.{P}", "blocks.{i}.norm1.{p}"),
+    (rf"encoder\.layer\.{I}\.attention\.attention\.query\.{P}", "blocks.{i}.attn.qkv.{p}", 0, QKV),
+    (rf"encoder\.layer\.{I}\.attention\.attention\.key\.{P}", "blocks.{i}.attn.qkv.{p}", 1, QKV),
+    (rf"encoder\.layer\.{I}\.attention\.attention\.value\.{P}", "blocks.{i}.attn.qkv.{p}", 2, QKV),
+    (rf"encoder\.layer\.{I}\.attention\.output\.dense\.{P}", "blocks.{i}.attn.proj.{p}"),
+    (rf"encoder\.layer\.{I}\.layernorm_after\.{P}", "blocks.{i}.norm2.{p}"),
+    (rf"encoder\.layer\.{I}\.intermediate\.dense\.{P}", "blocks.{i}.mlp.fc1.{p}"),
+    (rf"encoder\.layer\.{I}\.output\.dense\.{P}", "blocks.{i}.mlp.fc2.{p}"),
+    # transformers >= 5 in-memory names
+    (rf"layers\.{I}\.layernorm_before\.{P}", "blocks.{i}.norm1.{p}"),
+    (rf"layers\.{I}\.attention\.q_proj\.{P}", "blocks.{i}.attn.qkv.{p}", 0, QKV),
+    (rf"layers\.{I}\.attention\.k_proj\.{P}", "blocks.{i}.attn.qkv.{p}", 1, QKV),
+    (rf"layers\.{I}\.attention\.v_proj\.{P}", "blocks.{i}.attn.qkv.{p}", 2, QKV),
+    (rf"layers\.{I}\.attention\.o_proj\.{P}", "blocks.{i}.attn.proj.{p}"),
+    (rf"layers\.{I}\.layernorm_after\.{P}", "blocks.{i}.norm2.{p}"),
+    (rf"layers\.{I}\.mlp\.fc1\.{P}", "blocks.{i}.mlp.fc1.{p}"),
+    (rf"layers\.{I}\.mlp\.fc2\.{P}", "blocks.{i}.mlp.fc2.{p}"),
+]
+SKIP_HF_VIT = [r"pooler\.dense\.(weight|bias)"]  # ViTModel's pooler: no classifier uses it
+
 # Tokens/layers of other ViT flavours: named in the error so users know why.
 UNSUPPORTED = {
     "dist_token": "a DeiT distilled model (distillation token)",
@@ -65,7 +102,7 @@ UNSUPPORTED = {
 }
 
 
-class ViTConversionError(ValueError):
+class ViTConversionError(UserError, ValueError):
     """A ViT/Segmenter checkpoint that does not fit the configured network."""
 
 
@@ -229,6 +266,33 @@ class TimmViT:
         return check_class_count(converted, skipped, cfg, VIT_CLASS_TENSORS)
 
 
+class HFViT:
+    """HF transformers ViT (hub or transformers >= 5 in-memory names) -> timm names, then
+    ``TimmViT``: a ViT classifier, or a Segmenter encoder."""
+    NAME = "hf-transformers-vit"
+
+    @staticmethod
+    def matches(state_dict):
+        return any(k in state_dict for k in ("vit.embeddings.patch_embeddings.projection.weight",
+                                             "embeddings.patch_embeddings.projection.weight"))
+
+    @staticmethod
+    def rename(state_dict):
+        stripped = {(k[len("vit."):] if k.startswith("vit.") else k): v
+                    for k, v in state_dict.items()}
+        return apply_tables(stripped, [(HF_VIT_TABLE, "", "")], SKIP_HF_VIT)
+
+    @classmethod
+    def infer_config(cls, state_dict):
+        return TimmViT.infer_config(cls.rename(state_dict)[0])
+
+    @classmethod
+    def convert(cls, state_dict, cfg=None):
+        timm, skipped = cls.rename(state_dict)
+        converted, more = TimmViT.convert(timm, cfg)
+        return converted, skipped + more
+
+
 class OfficialSegmenter:
     """rstrudel/segmenter checkpoint (``encoder.*``, ``decoder.*``) -> our Segmenter."""
     NAME = "segmenter-official"
@@ -299,4 +363,4 @@ def _inferred_config(fmt, state_dict):
 
 
 # Most specific first.
-FORMATS = [OfficialSegmenter, TimmViT]
+FORMATS = [OfficialSegmenter, TimmViT, HFViT]

@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from src.utils.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A problem with a dataset file or directory; the message names it and the rule broken."""
 
 

@@ -28,12 +28,13 @@ import mindspore as ms
 from mindspore import nn
 
 from src.models.backends.reference import LayerNorm
+from src.utils.errors import UserError
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 LOSS_SCALE_TYPES = ("dynamic", "fixed", "none")
 
 
-class AmpConfigError(ValueError):
+class AmpConfigError(UserError, ValueError):
     """An unusable mixed-precision / loss-scale setting in the config."""
 
 

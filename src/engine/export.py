@@ -22,11 +22,12 @@ import numpy as np
 import mindspore as ms
 
 from src.models.backends import BACKENDS
+from src.utils.errors import UserError
 
 EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export cannot be done as configured; the message says why and what to change."""
 
 
@@ -113,6 +114,19 @@ def check_export(cfg):
     return fmt, shape, path
 
 
+def _check_runs(net, example, shape):
+    """Run ``net`` once on the export input: MindSpore writes a graph for an input the
+    network cannot take (too small for its strides, not a multiple of the ViT patch), and
+    only loading the file fails."""
+    try:
+        net(example)
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"the network cannot run on export_input_shape {shape} ({first}); "
+                          f"nothing was written. Give an N,3,H,W it takes, e.g. the config's "
+                          f"image size") from None
+
+
 def export_network(net, cfg, log=print):
     """Export ``net`` as configured (``export_format``, ``export_file_name``,
     ``export_input_shape``). Returns the path written."""
@@ -124,6 +138,8 @@ def export_network(net, cfg, log=print):
         example = ms.Tensor(shape=[d if d > 0 else None for d in shape], dtype=ms.float32)
     else:
         example = ms.Tensor(np.zeros(shape, dtype=np.float32))
+    if not dynamic:
+        _check_runs(net, example, shape)
     stem = path[: -len(EXPORT_FORMATS[fmt])]
     try:
         if fmt == "ONNX":

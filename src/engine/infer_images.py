@@ -2,8 +2,9 @@
 
 Inputs (``data_path``): one image file; a root of the config's dataset (it holds
 ``<img_dir>/<val_split>``, e.g. ``leftImg8bit/val``, ``images/validation``): that split; or any
-folder: every image in it and its subfolders (by extension, sorted; other files are
-counted and skipped; the output folder is never read back as input).
+folder: every image in it and its subfolders (regular files, by extension, sorted; other
+files are counted and skipped; an output folder inside it is never read back as input, and
+the input folder itself as the output folder is refused).
 
 Outputs, under ``infer_output_path`` at the input's relative path (``<stem>`` = the file
 name without extension), each switched by its config key:
@@ -30,12 +31,13 @@ from PIL import Image
 from src.data import dataset_spec, palette
 from src.data.transforms import DataError, read_image
 from src.engine.submission import SubmissionWriter, submission_format
+from src.utils.errors import UserError
 from src.utils.palette import color_image, gray_image, overlap_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class InferInputError(ValueError):
+class InferInputError(UserError, ValueError):
     """The input path or the output folder cannot be used; the message says why."""
 
 
@@ -48,6 +50,8 @@ def list_images(data_path, cfg, output_dir):
     """(root, [image paths], [skipped non-image files]) for ``data_path`` (see the module)."""
     if not data_path or not os.path.exists(data_path):
         raise InferInputError(f"data_path not found: {data_path!r}")
+    if not os.path.isfile(data_path) and not os.path.isdir(data_path):  # a FIFO would block
+        raise InferInputError(f"data_path {data_path} is neither a regular file nor a folder")
     if os.path.isfile(data_path):
         if not data_path.lower().endswith(IMAGE_EXTENSIONS):
             raise InferInputError(f"data_path {data_path} is not an image file (expected one of "
@@ -58,13 +62,18 @@ def list_images(data_path, cfg, output_dir):
     split_dir = os.path.join(data_path, spec.img_dir, spec.val_split)
     if spec.img_dir and os.path.isdir(split_dir):
         root = split_dir
+    if os.path.realpath(root) == os.path.realpath(output_dir):
+        raise InferInputError(f"infer_output_path {output_dir} is the input folder: a later run "
+                              f"would read the written PNGs as inputs; give another "
+                              f"infer_output_path (a subfolder of the input is fine)")
     images, others = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames
                              if not _inside(os.path.join(dirpath, d), output_dir))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+            is_image = name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path)
+            (images if is_image else others).append(path)  # FIFOs, sockets: never opened
     if not images:
         found = f"; it holds {len(others)} other file(s), e.g. {others[0]}" if others else " (it is empty)"
         raise InferInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}{found}")

@@ -37,8 +37,11 @@ from mindspore import ops
 
 from src.data.transforms import normalize, rescale_size, resize_for_test, to_chw
 from src.engine.networks import InputShapeError, as_network
+from src.utils.config import ConfigError
+from src.utils.errors import InputError
+from src.utils.defaults import CHOICES
 
-EVAL_MODES = ("whole", "slide")
+EVAL_MODES = CHOICES["eval_mode"]
 
 
 def scaled_size(base_size, ratio):
@@ -87,7 +90,7 @@ def softmax(logits, axis):
 
 def _pair(value, key):
     if not isinstance(value, (list, tuple)) or len(value) != 2 or min(value) <= 0:
-        raise ValueError(f"config key '{key}' must be [H, W] of positive sizes, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be [H, W] of positive sizes, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -104,29 +107,29 @@ class SegInferencer:
         self.num_classes = int(cfg.class_num)
         self.mode = str(cfg.eval_mode)
         if self.mode not in EVAL_MODES:
-            raise ValueError(f"config key 'eval_mode': '{cfg.eval_mode}' is not one of "
-                             f"{list(EVAL_MODES)}")
+            raise ConfigError(f"config key 'eval_mode': '{cfg.eval_mode}' is not one of "
+                              f"{list(EVAL_MODES)}")
         self.base_size = _pair(cfg.eval_base_size, "eval_base_size")
         self.crop_size = _pair(cfg.eval_crop_size, "eval_crop_size")
         self.stride = _pair(cfg.eval_stride, "eval_stride")
         if self.mode == "slide" and (self.stride[0] > self.crop_size[0]
                                      or self.stride[1] > self.crop_size[1]):
-            raise ValueError(f"config key 'eval_stride' {list(self.stride)} is larger than "
-                             f"'eval_crop_size' {list(self.crop_size)}: windows would leave "
-                             f"pixels uncovered")
+            raise ConfigError(f"config key 'eval_stride' {list(self.stride)} is larger than "
+                              f"'eval_crop_size' {list(self.crop_size)}: windows would leave "
+                              f"pixels uncovered")
         self.scales = [float(r) for r in cfg.eval_scales]
         if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"config key 'eval_scales' must be a non-empty list of positive "
-                             f"ratios, got {cfg.eval_scales!r}")
+            raise ConfigError(f"config key 'eval_scales' must be a non-empty list of positive "
+                              f"ratios, got {cfg.eval_scales!r}")
         self.flip = bool(cfg.eval_flip)
         self.size_divisor = int(cfg.eval_size_divisor)
         if self.size_divisor < 0:
-            raise ValueError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
-                             f"{cfg.eval_size_divisor!r}")
+            raise ConfigError(f"config key 'eval_size_divisor' must be >= 0 (0: off), got "
+                              f"{cfg.eval_size_divisor!r}")
         self.mean, self.std = list(cfg.img_norm_mean), list(cfg.img_norm_std)
         fixed = self.net.fixed_hw if self.net is not None else None
         if fixed is not None and self.mode == "slide" and fixed != self.crop_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.net.source} takes a fixed input {list(self.net.input_shape)} (N, C, H, W) "
                 f"but config key 'eval_crop_size' is {list(self.crop_size)}: slide windows must "
                 f"have the file's size. Use --eval_crop_size={fixed[0]},{fixed[1]} (with an "
@@ -141,7 +144,7 @@ class SegInferencer:
                  if self.mode == "slide" else
                  f"eval_mode=whole resizes this image to {batch_hw[0]}x{batch_hw[1]} "
                  f"(eval_base_size={list(self.base_size)}, eval_scales={self.scales})")
-        return ValueError(
+        return InputError(
             f"{self.net.source} takes a fixed input {list(self.net.input_shape)} (N, C, H, W); "
             f"{where}. Export the file at that size, use --eval_mode=slide "
             f"--eval_crop_size={fixed[0]},{fixed[1]}, or export a MINDIR with "
@@ -154,7 +157,7 @@ class SegInferencer:
         except InputShapeError:
             raise self._shape_error(batch.shape[2:]) from None
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"{self.net.source} returned shape {list(logits.shape)}; expected "
+            raise InputError(f"{self.net.source} returned shape {list(logits.shape)}; expected "
                              f"[N, class_num={self.num_classes}, h, w] segmentation logits "
                              f"(config key 'class_num')")
         return resize_logits(logits, batch.shape[2:])
@@ -197,10 +200,10 @@ class SegInferencer:
         images = [np.asarray(image) for image in images]
         for image in images:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
+                raise InputError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
                                  f"{list(image.shape)}")
             if image.shape != images[0].shape:
-                raise ValueError(f"a batch holds images of one size; got {list(images[0].shape)} "
+                raise InputError(f"a batch holds images of one size; got {list(images[0].shape)} "
                                  f"and {list(image.shape)}")
         height, width = images[0].shape[:2]
         total = None
@@ -251,7 +254,7 @@ class ClsInferencer:
         """RGB uint8 [H, W, 3] -> float32 [3, S, S] exactly as evaluation feeds the network."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
+            raise InputError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} "
                              f"{list(image.shape)}")
         return np.asarray(self.transform(image), dtype=np.float32)
 
@@ -260,7 +263,7 @@ class ClsInferencer:
         batch = np.stack([self.preprocess(image) for image in images])
         out = self.net(batch)
         if out.ndim != 2 or out.shape[1] != self.num_classes:
-            raise ValueError(f"{self.net.source} returned shape {list(out.shape)}; expected "
+            raise InputError(f"{self.net.source} returned shape {list(out.shape)}; expected "
                              f"[N, class_num={self.num_classes}] classification logits "
                              f"(config key 'class_num')")
         return out
@@ -269,7 +272,7 @@ class ClsInferencer:
         """([N, k] class indices, [N, k] their softmax probabilities, best first;
         [N, class_num] all the probabilities)."""
         if int(k) < 1:
-            raise ValueError(f"topk must be >= 1, got {k}")
+            raise InputError(f"topk must be >= 1, got {k}")
         probs = softmax(self.logits(images).astype(np.float32), axis=1)
         k = min(int(k), self.num_classes)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

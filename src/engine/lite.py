@@ -20,13 +20,15 @@ import numpy as np
 
 from src.engine.networks import Network
 from src.utils.checkpoint import CheckpointError
+from src.utils.config import ConfigError
+from src.utils.errors import UserError
 
 # device_target -> the Lite context target
 LITE_TARGETS = {"Ascend": "ascend", "CPU": "cpu", "GPU": "gpu"}
 LITE_DOWNLOADS = "https://www.mindspore.cn/lite/docs/en/master/use/downloads.html"
 
 
-class LiteUnavailableError(RuntimeError):
+class LiteUnavailableError(UserError, RuntimeError):
     """MindSpore Lite's Python package cannot be imported here."""
 
 
@@ -55,7 +57,7 @@ class LiteNetwork(Network):
 
     def __init__(self, path, device="Ascend", device_id=0):
         if device not in LITE_TARGETS:
-            raise ValueError(f"config key 'device_target': '{device}' is not a MindSpore Lite "
+            raise ConfigError(f"config key 'device_target': '{device}' is not a MindSpore Lite "
                              f"device; expected one of {sorted(LITE_TARGETS)}")
         mslite = import_lite()
         if not os.path.isfile(path):

@@ -16,6 +16,7 @@ from mindspore import nn, ops
 
 from src.models import is_segmentation
 from src.models.backends import get_backend
+from src.utils.config import ConfigError
 
 
 class ClassificationCrossEntropy(nn.Cell):
@@ -43,6 +44,6 @@ def build_loss(cfg):
         return get_backend(cfg).SegmentationCrossEntropy(ignore_index=cfg.ignore_label)
     smoothing = float(cfg.label_smooth_factor)
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"config key 'label_smooth_factor': expected a value in [0, 1), "
+        raise ConfigError(f"config key 'label_smooth_factor': expected a value in [0, 1), "
                          f"got {cfg.label_smooth_factor}")
     return ClassificationCrossEntropy(label_smoothing=smoothing)

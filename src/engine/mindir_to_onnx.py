@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mindspore.train import mind_ir_pb2
 
+from src.utils.errors import UserError
+
 OPSET = 17  # LayerNormalization
 
 _MS_TO_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
@@ -34,7 +36,7 @@ _SKIPPED = ("UpdateState",)                 # side-effect bookkeeping, no data
 _ALIASES = ("Load", "Depend", "Identity")   # output = first input
 
 
-class OnnxConversionError(RuntimeError):
+class OnnxConversionError(UserError, RuntimeError):
     """The MINDIR graph holds something this converter cannot express in ONNX."""
 
 

@@ -23,11 +23,12 @@ import numpy as np
 import mindspore as ms
 
 from src.utils.checkpoint import CheckpointError
+from src.utils.errors import InputError
 
 EXPORTED_SUFFIXES = (".mindir", ".onnx")
 
 
-class InputShapeError(ValueError):
+class InputShapeError(InputError):
     """A batch does not fit the fixed input shape of an exported file."""
 
 

@@ -29,12 +29,13 @@ from mindspore.common.parameter import ParameterTuple
 
 from src.engine.schedules import group_lr_multipliers
 from src.utils.checkpoint import OPTIMIZER_STATE_PREFIX as STATE_PREFIX
+from src.utils.errors import UserError
 
 HEAD_PREFIXES = ("decode_head.", "decoder.", "head.")
 OPTIMIZERS = ("adamw", "sgd")
 
 
-class OptimizerError(ValueError):
+class OptimizerError(UserError, ValueError):
     """An optimiser key in the config has an unusable value."""
 
 

@@ -22,10 +22,12 @@ import math
 
 import numpy as np
 
+from src.utils.errors import UserError
+
 LR_SCHEDULES = ("poly", "cosine", "constant")
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     """A schedule key in the config has a value the schedule cannot use."""
 
 

@@ -43,10 +43,11 @@ from src.models import is_segmentation
 from src.utils.checkpoint import (TMP_SUFFIX, CheckpointError, load_checkpoint, load_into_net,
                                   save_checkpoint)
 from src.utils.checkpoint import TRAINING_STATE_KEYS as STATE_KEYS
+from src.utils.errors import UserError
 RANK_SAVE_CKPT = ("rank0", "all")
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """Training cannot start or continue (bad resume checkpoint, bad keys ...)."""
 
 

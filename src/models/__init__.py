@@ -9,6 +9,7 @@ Every model is built on the kernel backend the config selects (``kernel_backend`
 ``src/models/backends``): the one place where that choice is made.
 """
 from src.models.backends import get_backend
+from src.utils.config import ConfigError
 
 
 def _build_segformer(cfg, backend):
@@ -37,8 +38,8 @@ SEGMENTATION_MODELS = ("segformer", "segmenter")
 
 def build_model(cfg):
     if cfg.model not in MODELS:
-        raise ValueError(f"config key 'model': unknown model '{cfg.model}', "
-                         f"expected one of {sorted(MODELS)}")
+        raise ConfigError(f"config key 'model': unknown model '{cfg.model}', "
+                          f"expected one of {sorted(MODELS)}")
     return MODELS[cfg.model](cfg, get_backend(cfg))
 
 

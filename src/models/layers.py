@@ -1,6 +1,7 @@
 """Building blocks shared by the model families that are the same on every backend."""
 from mindspore import nn
 
+from src.utils.config import ConfigError
 from src.utils.device import data_parallel_size
 
 
@@ -23,7 +24,7 @@ def batch_norm_2d(num_features, sync_bn=False, device_target="CPU"):
     if device_target != "Ascend":
         # MindSpore 2.10 documents SyncBatchNorm for Ascend only; on CPU it has no kernel
         # ("Unsupported op [SyncBatchNorm]").
-        raise ValueError(f"config key 'sync_bn': SyncBatchNorm is not available on device_target "
-                         f"'{device_target}' (MindSpore 2.10 supports it on Ascend only); "
-                         "set --sync_bn=False")
+        raise ConfigError(f"config key 'sync_bn': SyncBatchNorm is not available on device_target "
+                          f"'{device_target}' (MindSpore 2.10 supports it on Ascend only); "
+                          "set --sync_bn=False")
     return nn.SyncBatchNorm(num_features, momentum=BATCH_NORM_MOMENTUM)

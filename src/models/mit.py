@@ -19,6 +19,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
+from src.utils.config import ConfigError
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
 MIT_SETTINGS = {
@@ -178,7 +179,7 @@ class MixVisionTransformer(nn.Cell):
 def mit(name, backend, drop_path_rate=0.1, drop_rate=0.0, in_chans=3):
     """Build ``mit_b0`` .. ``mit_b5`` by name, on the kernel backend ``backend``."""
     if name not in MIT_SETTINGS:
-        raise ValueError(f"config key 'backbone': unknown MiT variant '{name}', expected one of "
-                         f"{sorted(MIT_SETTINGS)}")
+        raise ConfigError(f"config key 'backbone': unknown MiT variant '{name}', expected one of "
+                          f"{sorted(MIT_SETTINGS)}")
     return MixVisionTransformer(backend, in_chans=in_chans, drop_rate=drop_rate,
                                 drop_path_rate=drop_path_rate, **MIT_SETTINGS[name])

@@ -8,6 +8,7 @@ import functools
 from src.models.layers import batch_norm_2d
 from src.models.mit import MIT_SETTINGS, mit
 from src.models.segformer_head import SegFormerHead
+from src.utils.config import ConfigError
 from src.utils.device import ReleasesCompileMemory
 
 # Upstream decoder width per backbone (NVlabs Cityscapes/ADE configs).
@@ -32,10 +33,10 @@ def batch_norm_layer(cfg):
 
 def build_segformer(cfg, backend):
     if cfg.backbone not in MIT_SETTINGS:
-        raise ValueError(f"config key 'backbone': '{cfg.backbone}' is not a SegFormer encoder; "
-                         f"expected one of {sorted(MIT_SETTINGS)}")
+        raise ConfigError(f"config key 'backbone': '{cfg.backbone}' is not a SegFormer encoder; "
+                          f"expected one of {sorted(MIT_SETTINGS)}")
     if int(cfg.class_num) < 1:
-        raise ValueError(f"config key 'class_num' must be >= 1, got {cfg.class_num}")
+        raise ConfigError(f"config key 'class_num' must be >= 1, got {cfg.class_num}")
     backbone = mit(cfg.backbone, backend, drop_path_rate=cfg.drop_path_rate,
                    drop_rate=cfg.drop_rate)
     decoder_dim = cfg.decoder_dim if cfg.decoder_dim is not None else DECODER_DIMS[cfg.backbone]

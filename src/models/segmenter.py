@@ -20,6 +20,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from src.models.vit import Block, create_vit, dense
+from src.utils.config import ConfigError
 from src.utils.device import ReleasesCompileMemory
 
 SEGMENTER_LAYER_NORM_EPS = 1e-5   # official Segmenter: nn.LayerNorm(dim) everywhere
@@ -55,7 +56,7 @@ class MaskTransformer(nn.Cell):
         d_model = d_encoder if d_model is None else d_model
         n_heads = d_model // 64 if n_heads is None else n_heads
         if n_layers < 1:
-            raise ValueError(f"config key 'decoder_layers': expected >= 1, got {n_layers}")
+            raise ConfigError(f"config key 'decoder_layers': expected >= 1, got {n_layers}")
         self.class_num = class_num
         self.d_model = d_model
         scale = d_model ** -0.5
@@ -123,10 +124,10 @@ class Segmenter(ReleasesCompileMemory):
 def build_segmenter(cfg, backend):
     """Segmenter from ``cfg.backbone`` (a ViT variant), ``cfg.decoder`` and ``cfg.class_num``."""
     if cfg.decoder not in DECODERS:
-        raise ValueError(f"config key 'decoder': unknown Segmenter decoder '{cfg.decoder}', "
-                         f"expected one of {list(DECODERS)}")
+        raise ConfigError(f"config key 'decoder': unknown Segmenter decoder '{cfg.decoder}', "
+                          f"expected one of {list(DECODERS)}")
     if not isinstance(cfg.class_num, int) or cfg.class_num < 1:
-        raise ValueError(f"config key 'class_num': expected an int >= 1, got {cfg.class_num!r}")
+        raise ConfigError(f"config key 'class_num': expected an int >= 1, got {cfg.class_num!r}")
     encoder = create_vit(cfg.backbone, 0, backend, image_size=cfg.image_size,
                          drop_rate=cfg.drop_rate, attn_drop_rate=cfg.drop_rate,
                          drop_path_rate=cfg.drop_path_rate, eps=SEGMENTER_LAYER_NORM_EPS)

@@ -22,6 +22,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
+from src.utils.config import ConfigError
 from src.utils.device import ReleasesCompileMemory
 
 # name -> (embed_dim, depth, num_heads); mlp_ratio 4, qkv bias, as in timm and Segmenter.
@@ -56,7 +57,7 @@ def to_2tuple(value, key):
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):
         return (int(value[0]), int(value[1]))
-    raise ValueError(f"config key '{key}': expected an int or [height, width], got {value!r}")
+    raise ConfigError(f"config key '{key}': expected an int or [height, width], got {value!r}")
 
 
 def resize_pos_embed(pos_embed, old_grid, new_grid, num_prefix_tokens=1):
@@ -152,8 +153,8 @@ class VisionTransformer(ReleasesCompileMemory):
         super().__init__()
         image_size = to_2tuple(image_size, "image_size")
         if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(f"config key 'image_size': {list(image_size)} is not a multiple of "
-                             f"the patch size {patch_size}")
+            raise ConfigError(f"config key 'image_size': {list(image_size)} is not a multiple of "
+                              f"the patch size {patch_size}")
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -200,8 +201,8 @@ class VisionTransformer(ReleasesCompileMemory):
 
 def vit_settings(backbone):
     if backbone not in VIT_SETTINGS:
-        raise ValueError(f"config key 'backbone': unknown ViT variant '{backbone}', expected one "
-                         f"of {sorted(VIT_SETTINGS)}")
+        raise ConfigError(f"config key 'backbone': unknown ViT variant '{backbone}', expected one "
+                          f"of {sorted(VIT_SETTINGS)}")
     return dict(VIT_SETTINGS[backbone])
 
 
@@ -213,7 +214,7 @@ def create_vit(backbone, class_num, backend, image_size=None, drop_rate=0.0,
     if image_size is not None:
         settings["image_size"] = image_size
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 0:
-        raise ValueError(f"config key 'class_num': expected a non-negative int, got {class_num!r}")
+        raise ConfigError(f"config key 'class_num': expected a non-negative int, got {class_num!r}")
     return VisionTransformer(backend, class_num=class_num, drop_rate=drop_rate,
                              attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
                              eps=eps, **settings)
@@ -222,6 +223,6 @@ def create_vit(backbone, class_num, backend, image_size=None, drop_rate=0.0,
 def build_vit(cfg, backend):
     """The ViT classifier of ``cfg.backbone`` with ``cfg.class_num`` outputs."""
     if cfg.class_num < 1:
-        raise ValueError(f"config key 'class_num': a classifier needs >= 1 class, got {cfg.class_num}")
+        raise ConfigError(f"config key 'class_num': a classifier needs >= 1 class, got {cfg.class_num}")
     return create_vit(cfg.backbone, cfg.class_num, backend, image_size=cfg.image_size,
                       drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)

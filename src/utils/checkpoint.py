@@ -9,6 +9,8 @@ import os
 import numpy as np
 import mindspore as ms
 
+from src.utils.errors import UserError
+
 TMP_SUFFIX = ".tmp.ckpt"
 
 # A train.py checkpoint holds, beside the network weights, the optimiser state (names under
@@ -24,7 +26,7 @@ def is_training_state(name):
     return name.startswith(OPTIMIZER_STATE_PREFIX) or name in TRAINING_STATE_KEYS
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read, or does not fit the network."""
 
 

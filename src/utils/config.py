@@ -14,12 +14,13 @@ import os
 
 import yaml
 
-from src.utils.defaults import CHOICES, DEFAULTS
+from src.utils.defaults import CHOICES, DEFAULTS, LIST_FORMS
+from src.utils.errors import UserError
 
 BASE_KEY = "__BASE__"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the file/key/value at fault."""
 
 
@@ -158,6 +159,18 @@ def _check_choices(cfg):
             raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
 
 
+def _check_list_forms(cfg):
+    """``LIST_FORMS``: ``--crop_size=512`` (one number for a pair) fails here, not in the
+    data pipeline after the model is built."""
+    for key, (count, form, positive) in LIST_FORMS.items():
+        value = cfg[key]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if len(value) != count or not numbers or (positive and min(value) <= 0):
+            rule = f"{count} {'positive ' if positive else ''}numbers"
+            raise ConfigError(f"config key '{key}': expected {form} ({rule}, e.g. --{key}="
+                              f"{','.join(map(str, DEFAULTS[key]))}), got {list(value)!r}")
+
+
 # ------------------------------------------------------------------------------ CLI --
 
 def _parse_bool(text, key):
@@ -284,6 +297,7 @@ def load_config(config_path="", overrides=(), values=None):
     merged = _apply_cli(merged, [(k, v) for k, v in pairs if k != "config_path"])
     _validate(merged, DEFAULTS, "after command-line overrides")
     _check_choices(merged)
+    _check_list_forms(merged)
     return Config(merged)
 
 

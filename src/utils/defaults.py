@@ -14,6 +14,21 @@ DATASET_NAMES = ("cityscapes", "ade20k", "custom", "imagenet")
 # Keys whose value must be one of a list, checked by load_config after every override.
 CHOICES = {
     "dataset.name": DATASET_NAMES,
+    "eval_mode": ("whole", "slide"),
+}
+
+# Keys holding a fixed number of values, checked by load_config after every override:
+# key -> (count, the form shown in errors, whether every value must be > 0).
+LIST_FORMS = {
+    "base_size": (2, "[H, W]", True),
+    "crop_size": (2, "[H, W]", True),
+    "ratio_range": (2, "[min ratio, max ratio]", True),
+    "eval_base_size": (2, "[H, W]", True),
+    "eval_crop_size": (2, "[H, W]", True),
+    "eval_stride": (2, "[H, W]", True),
+    "img_norm_mean": (3, "[R, G, B]", False),
+    "img_norm_std": (3, "[R, G, B]", True),
+    "betas": (2, "[beta1, beta2]", False),
 }
 
 DEFAULTS = {

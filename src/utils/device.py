@@ -19,6 +19,8 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.context import ParallelMode
 
+from src.utils.errors import UserError
+
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 MSRUN_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")
@@ -41,7 +43,7 @@ ASCEND_PRECISION = {
 }
 
 
-class RuntimeSetupError(RuntimeError):
+class RuntimeSetupError(UserError, RuntimeError):
     pass
 
 
@@ -98,11 +100,15 @@ def _env_int(name, default):
     return int(text)
 
 
+def launcher_started(target):
+    """True when one of the distributed launchers set this process's environment."""
+    return (all(os.environ.get(k) for k in MSRUN_ENV)
+            or (target == "Ascend" and bool(os.environ.get("RANK_TABLE_FILE"))))
+
+
 def _check_launcher(target):
     """init() needs its launcher's environment; without it MindSpore fails obscurely or hangs."""
-    if all(os.environ.get(k) for k in MSRUN_ENV):
-        return
-    if target == "Ascend" and os.environ.get("RANK_TABLE_FILE"):
+    if launcher_started(target):
         return
     missing = [k for k in MSRUN_ENV if not os.environ.get(k)]
     need = ("RANK_TABLE_FILE (rank table) or the msrun variables " if target == "Ascend"
@@ -150,6 +156,18 @@ def setup_runtime(cfg):
     ms.set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=group_size)
     return rank_id, group_size
+
+
+def setup_runtime_one_device_ok(cfg, log=print):
+    """``setup_runtime`` for eval, infer and export, which need no launcher: a config with
+    ``run_distribute: True`` (a training recipe reused as it is) started without one runs on
+    one device, said in one log line; under a launcher it is ``setup_runtime``. Training
+    keeps requiring the launcher (``setup_runtime``), since one device would be another run."""
+    if cfg.run_distribute and not launcher_started(cfg.device_target):
+        log("run_distribute=True in the config, but no distributed launcher started this "
+            "process: running on one device")
+        cfg.run_distribute = False
+    return setup_runtime(cfg)
 
 
 def data_parallel_size():

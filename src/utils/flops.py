@@ -49,9 +49,10 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.models.backends.reference import DropPath, LayerNorm
+from src.utils.errors import UserError
 
 
-class FlopCountError(RuntimeError):
+class FlopCountError(UserError, RuntimeError):
     """The network cannot be counted as asked (wrong mode, shapes that do not fit ...)."""
 
 

@@ -7,6 +7,9 @@ runs ``python train.py ... >> train.log``), lines are printed once, not twice.
 """
 import os
 import sys
+import traceback
+
+from src.utils.errors import UserError, user_message
 
 
 def _same_file(stream, path):
@@ -21,6 +24,10 @@ def train_log_name(rank_id=0, group_size=1):
     return "train.log" if group_size == 1 else f"train_rank{rank_id}.log"
 
 
+class LogFileError(UserError, OSError):
+    """The log file cannot be created or opened."""
+
+
 class FileLogger:
     """``log = FileLogger(path); log("text")``: print and append ``text`` to ``path``."""
 
@@ -31,7 +38,7 @@ class FileLogger:
             os.makedirs(directory, exist_ok=True)
             self.file = open(self.path, mode, encoding="utf-8")
         except OSError as err:
-            raise OSError(f"cannot write the log file {self.path}: {err.strerror or err}") from None
+            raise LogFileError(f"cannot write the log file {self.path}: {err.strerror or err}") from None
         if _same_file(sys.stdout, self.path):
             self.file.close()
             self.file = None
@@ -64,3 +71,27 @@ def fail(message, code=1):
     """End an entry point with a one-line error on stderr (no traceback for user errors)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def fail_on_error(err, log=None):
+    """End an entry point on the exception ``err`` (exit status 1).
+
+    A user error (``src.utils.errors``; also when MindSpore's data pipeline wrapped it) is
+    one ``error: ...`` line naming the culprit. Anything else (a bug, ours or a library's, or
+    a failure of the machine such as a full disk) keeps its full traceback, on stderr and in
+    ``log``'s file, followed by one line saying what happened."""
+    message = user_message(err)
+    if message is not None:
+        if log is not None:
+            log.to_file(f"error: {message}")
+        fail(message)
+    trace = "".join(traceback.format_exception(err)).rstrip()
+    print(trace, file=sys.stderr, flush=True)
+    where = "above"
+    if log is not None:
+        log.to_file(trace)
+        if log.file is not None:
+            where = f"above and in {log.path}"
+    text = str(err).strip()
+    what = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    fail(f"unexpected {what} (traceback {where})")

@@ -1,9 +1,12 @@
 """The custom CPU kernels (src/models/backends/csrc/cpu_kernels.cc) against PyTorch in
 float64: values and gradients, odd sizes, both execution modes; and how the library build
 fails."""
+import json
+import math
 import os
 import platform
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -345,3 +348,50 @@ def test_swap_middle_axes_matches_transpose(mode, shape):
     dx = ms.grad(loss)(ms.Tensor(x)).asnumpy()
     np.testing.assert_array_equal(y, x.transpose(0, 2, 1, 3))
     np.testing.assert_array_equal(dx, dy.transpose(0, 2, 1, 3))
+
+
+# A fresh process (a damaged library crashes the process that loads it: SIGBUS for a
+# truncated file) builds into a cache, finds the library damaged, and runs a kernel.
+_DAMAGED_CACHE_SCRIPT = r"""
+import json, os, sys, warnings
+import numpy as np
+import mindspore as ms
+from src.models.backends import cpu_kernels
+
+ms.set_context(mode=ms.PYNATIVE_MODE)
+cache, damage = sys.argv[1], sys.argv[2]
+os.environ[cpu_kernels.ENV_CACHE] = cache
+path = cpu_kernels.library_path()
+data = open(path, "rb").read()
+with open(path, "wb") as f:
+    f.write(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+cpu_kernels.build_library.cache_clear()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    again = cpu_kernels.library_path()
+x = ms.Tensor(np.linspace(-3, 3, 12, dtype=np.float32))
+y = cpu_kernels.gelu_erf_op()(x).asnumpy()
+print(json.dumps({"path": path, "again": again, "warnings": [str(w.message) for w in caught],
+                  "y0": float(y[0]), "same": open(again, "rb").read() == data}))
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random_bytes"])
+def test_damaged_cached_library_is_rebuilt_with_a_warning(tmp_path, damage):
+    real = cpu_kernels.library_path()
+    fake = tmp_path / "copying_cxx"  # "compiles" by copying this machine's library: fast
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo copying 1.0; exit 0; fi\n"
+                    "while [ \"$1\" != -o ]; do shift; done\n"
+                    f"cp '{real}' \"$2\"\n")
+    fake.chmod(0o755)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _DAMAGED_CACHE_SCRIPT, str(tmp_path / "cache"),
+                           damage], cwd=root, env=dict(os.environ, CXX=str(fake), GLOG_v="3"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["again"] == result["path"] and result["same"]
+    assert len(result["warnings"]) == 1
+    assert result["path"] in result["warnings"][0] and "rebuilding it" in result["warnings"][0]
+    assert "differs from" in result["warnings"][0]
+    assert abs(result["y0"] - (-3 * 0.5 * (1 + math.erf(-3 / 2 ** 0.5)))) < 1e-5  # gelu(-3)

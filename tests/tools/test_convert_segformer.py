@@ -77,6 +77,24 @@ def test_full_checkpoints_convert_number_exact(b0, which):
     assert rel_err(net(ms.Tensor(b0["x"])).asnumpy(), b0["logits"]) < 1e-4
 
 
+def test_transformers5_state_dict_converts_number_exact(tmp_path):
+    """``torch.save(model.state_dict())`` under transformers >= 5 writes the in-memory names
+    (``segformer.stages.0.blocks.0.attention.q_proj``), not the hub's: recognised and
+    converted into the same function as HF's."""
+    ref = hf_segformer("mit_b0", num_labels=7, seed=5)
+    assert any(k.startswith("segformer.stages.0.blocks.0.attention.k_proj") for k in ref.state_dict())
+    torch.save(ref.state_dict(), tmp_path / "segformer.pt")
+    summary, log = convert(tmp_path / "segformer.pt", tmp_path / "out.ckpt")
+    assert summary["format"] == "hf-transformers5-segformer-state-dict"
+    assert "inferred from tensor shapes: model=segformer backbone=mit_b0 class_num=7" in log
+    assert summary["missing"] == [] and summary["skipped"] == ["decode_head.batch_norm.num_batches_tracked"]
+    net = load_net(tmp_path / "out.ckpt", "--backbone=mit_b0", "--class_num=7")
+    x = np.random.default_rng(6).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(pixel_values=torch.from_numpy(x)).logits.numpy()
+    assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) < 1e-4
+
+
 def test_imagenet_mit_converts_to_backbone_only(b0):
     out = b0["tmp"] / "mit_b0.ckpt"
     summary, _ = convert(b0["imagenet"], out)

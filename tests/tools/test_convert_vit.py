@@ -63,6 +63,38 @@ def test_timm_to_vit_is_identity_pth_and_safetensors(tmp_path, timm_state):
             np.testing.assert_array_equal(written[key].asnumpy(), value)
 
 
+@pytest.mark.parametrize("scheme", ["state_dict", "hub"])
+def test_hf_vit_converts_and_matches_hf(tmp_path, scheme):
+    """An HF ViTForImageClassification saved with ``torch.save(model.state_dict())``
+    (transformers >= 5 in-memory names: ``vit.layers.0.attention.q_proj``) or with
+    ``save_pretrained`` (hub names: ``vit.encoder.layer.0.attention.attention.query``)
+    converts without a config into a ViT that computes HF's logits."""
+    import mindspore as ms
+    from tests.vit_oracle import rel_err
+    hf = hf_vit("tiny", patch=16, image_size=32, num_labels=10, seed=4)
+    if scheme == "state_dict":
+        assert "vit.layers.0.attention.q_proj.weight" in hf.state_dict()
+        src = str(tmp_path / "vit.pt")
+        torch.save(hf.state_dict(), src)
+    else:
+        hf.save_pretrained(str(tmp_path / "hub"))
+        src = str(tmp_path / "hub" / "model.safetensors")
+    summary = convert_checkpoint(src, str(tmp_path / "out.ckpt"), log=lambda *_: None)
+    assert summary["format"] == "hf-transformers-vit"
+    assert (summary["skipped"], summary["missing"]) == ([], [])
+    cfg = summary["cfg"]
+    assert (cfg.model, cfg.image_size, cfg.class_num) == ("vit", 32, 10)
+    assert cfg.backbone.startswith("vit_tiny_patch16_")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = build_model(cfg)
+    load_pretrained(net, str(tmp_path / "out.ckpt"), log=lambda *_: None)
+    net.set_train(False)
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = hf(pixel_values=torch.from_numpy(x)).logits.numpy()
+    assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) < 1e-4
+
+
 def test_timm_to_segmenter_encoder(tmp_path, timm_state):
     summary = convert(tmp_path, timm_state, "--model=segmenter", *TINY_32, "--class_num=19")
     assert summary["converted"] == sorted("encoder." + k for k in timm_state

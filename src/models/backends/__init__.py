@@ -20,11 +20,13 @@ library builds, else ``reference``. Adding a backend is a new module here.
 import importlib
 import warnings
 
+from src.utils.errors import UserError
+
 BACKENDS = ("reference", "cpu")
 CHOICES = ("auto",) + BACKENDS
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """The configured kernel backend cannot be used here; the message says why."""
 
 

@@ -18,6 +18,10 @@ The compiled library is cached in ``$MS_SEG_KERNEL_CACHE`` (default
 version, the flags and this CPU's instruction-set flags (``-march=native``: a shared home
 directory on a cluster of mixed CPUs gets one library per CPU kind). It is written to a
 temporary file and renamed, so concurrent workers (msrun) never load a half-written file.
+Beside it, ``<library>.sha256`` records the file's hash at build time; a library that no
+longer matches it (a truncated or overwritten cache file, which would otherwise end the
+process with a bus error or a dlopen failure when MindSpore loads it) is rebuilt, with a
+warning naming it.
 ``$MS_SEG_KERNEL_MARCH`` replaces ``native`` in ``-march=`` (e.g. ``x86-64-v3`` for one
 library that runs on every AVX2 machine); the kernels pick their SIMD width from it at
 compile time (AVX-512, AVX/AVX2, else 16-byte vectors).
@@ -28,12 +32,14 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 
 from mindspore import ops
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
 ENV_CACHE = "MS_SEG_KERNEL_CACHE"
 ENV_MARCH = "MS_SEG_KERNEL_MARCH"
+DIGEST_SUFFIX = ".sha256"
 
 
 def compiler_flags():
@@ -66,6 +72,44 @@ def _cache_dir():
                                                      "ms_segformer", "kernels")
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".digest_")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other readers of the cache
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _cached_library_problem(path):
+    """None if the cached ``path`` is the file that was built (its recorded sha256), else why
+    it cannot be trusted."""
+    try:
+        with open(path + DIGEST_SUFFIX) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        return f"no {DIGEST_SUFFIX} was recorded beside it"
+    try:
+        actual = _sha256(path)
+    except OSError as err:
+        return f"it cannot be read ({err})"
+    if actual != recorded:
+        return (f"its sha256 {actual[:12]}... differs from the {recorded[:12]}... recorded when "
+                f"it was built (truncated or overwritten)")
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def build_library():
     """``(path, None)`` of the compiled kernel library, building it on first use, or
@@ -81,7 +125,10 @@ def build_library():
         cache = _cache_dir()
         path = os.path.join(cache, f"cpu_kernels_{key}.so")
         if os.path.isfile(path):
-            return path, None
+            problem = _cached_library_problem(path)
+            if problem is None:
+                return path, None
+            warnings.warn(f"compiled kernel library {path}: {problem}; rebuilding it")
         os.makedirs(cache, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".cpu_kernels_", suffix=".so")
         os.close(fd)
@@ -91,6 +138,8 @@ def build_library():
             if proc.returncode != 0:
                 raise RuntimeError(f"{cxx} exited with {proc.returncode}: "
                                    f"{proc.stderr.strip()[-2000:]}")
+            # the digest first: killed between the two renames, the next run sees a mismatch
+            _write_atomically(path + DIGEST_SUFFIX, _sha256(tmp) + "\n")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
