@@ -106,9 +106,17 @@ DEFAULTS = {
     "min_lr": 0.0,
     "betas": [0.9, 0.999],
     "momentum": 0.9,
+    "nesterov": False,               # sgd: Nesterov momentum (torch semantics)
     "weight_decay": 0.01,
-    "head_lr_mult": 10.0,            # decoder/head lr multiplier (SegFormer)
-    "no_weight_decay_keys": ["norm", "bias", "pos_embed", "cls_token", "cls_emb"],
+    # Per-parameter lr / weight-decay multipliers, mmcv's DefaultOptimizerConstructor rule
+    # (src/engine/optim.py): the first of custom_keys (longest first) contained in the full
+    # parameter name applies; otherwise norm-layer parameters get norm_decay_mult and
+    # parameters named "bias" get bias_decay_mult. Each recipe states its own.
+    "paramwise": {
+        "custom_keys": {},           # {name substring: {lr_mult: x, decay_mult: y}}
+        "bias_decay_mult": 1.0,
+        "norm_decay_mult": 1.0,
+    },
     "lr_schedule": "poly",           # poly | cosine | constant
     "poly_power": 1.0,
     "warmup_iters": 0,
