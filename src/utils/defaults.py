@@ -98,6 +98,14 @@ DEFAULTS = {
     "mixup": 0.0,                    # mixup alpha (0: off)
     "cutmix": 0.0,                   # cutmix alpha (0: off)
     "label_smooth_factor": 0.0,
+    # segmentation cross entropy, mmseg 0.x CrossEntropyLoss + OHEMPixelSampler names
+    "loss": {
+        "avg_non_ignore": True,      # mean over non-ignored pixels (False: over all pixels
+                                     # of the batch, mmseg 0.x's default)
+        "class_weight": None,        # [class_num] per-class weights (None: all 1)
+        "ohem_thresh": None,         # OHEM: keep pixels with p(label) < thresh (None: off)
+        "ohem_min_kept": 100000,     # ... and at least this many hardest per image
+    },
     "eval_batch_size": 1,
 
     # ---- optimisation --------------------------------------------------------------
