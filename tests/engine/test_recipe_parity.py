@@ -5,8 +5,11 @@ the randomness off (dropout / drop path 0, a fixed batch with ignored pixels), a
 PyTorch version of the upstream recipe from the same weights: HF transformers models, torch
 optimisers with mmcv's paramwise rule written out below, mmcv's poly/warmup by iteration.
 The learning rate and weight decay are raised so that every rule moves the weights by much
-more than the tolerance; the weights are compared tensor by tensor afterwards.
+more than the tolerance; the weights are compared tensor by tensor afterwards. They run on
+the default kernel backend (PARITY_BACKEND=reference runs them on the other one).
 """
+import os
+
 import tempfile
 
 import numpy as np
@@ -25,6 +28,7 @@ from src.utils.config import load_config
 from tests.engine.train_helpers import pynative_mode  # noqa: F401 (autouse)
 from tests.segformer_oracle import hf_segformer, hub_state_dict, ms_name, rel_err, to_nvlabs
 
+BACKEND = os.environ.get("PARITY_BACKEND", "auto")
 STEPS = 3
 TOTAL_ITERS = 5   # the schedule's length (epoch_size 1 x 5 steps): poly decays visibly
 NO_RANDOMNESS = ["--device_target=CPU", "--mode=PYNATIVE", "--amp_level=O0",
@@ -95,9 +99,9 @@ def nvlabs_names(ref, hub):
     return [(nv_of[by_value[p.detach().numpy().tobytes()]], p) for p in ref.parameters()]
 
 
-def test_segformer_nvlabs_recipe_steps_match_torch(kernel_backend):
+def test_segformer_nvlabs_recipe_steps_match_torch():
     cfg = load_config("config/segformer.b0.1024x1024.city.yaml", NO_RANDOMNESS + [
-        f"--kernel_backend={kernel_backend}", "--lr=1e-3", "--weight_decay=1.0", "--warmup_iters=2"])
+        f"--kernel_backend={BACKEND}", "--lr=1e-3", "--weight_decay=1.0", "--warmup_iters=2"])
     ref = hf_segformer("mit_b0", seed=5)
     with tempfile.TemporaryDirectory() as tmp:
         hub = hub_state_dict(ref, tmp)
@@ -164,7 +168,7 @@ def test_segformer_nvlabs_recipe_steps_match_torch(kernel_backend):
 
 # ------------------------------------------------------------------------- Segmenter --
 
-def test_segmenter_official_recipe_steps_match_torch(kernel_backend):
+def test_segmenter_official_recipe_steps_match_torch():
     """rstrudel/segmenter: timm SGD (Nesterov, momentum 0.9, weight decay 0: no groups),
     polynomial lr (power 0.9, min 1e-5) per iteration, torch CrossEntropyLoss(ignore_index)
     = mean over non-ignored pixels. Weight decay stays 0 as upstream (timm would exempt 1-D
@@ -174,7 +178,7 @@ def test_segmenter_official_recipe_steps_match_torch(kernel_backend):
     from tests.vit_oracle import MaskTransformerRef, hf_to_timm, hf_vit
 
     cfg = load_config("config/segmenter.tiny.mask.768x768.city.yaml", NO_RANDOMNESS + [
-        f"--kernel_backend={kernel_backend}", "--image_size=32", "--lr=2.0", "--min_lr=0.2", "--clip_grad_norm=0"])
+        f"--kernel_backend={BACKEND}", "--image_size=32", "--lr=2.0", "--min_lr=0.2", "--clip_grad_norm=0"])
     hf = hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)
     decoder = MaskTransformerRef(19, 192, n_layers=2, seed=5)
     state = {"encoder." + k: np.array(v) for k, v in hf_to_timm(hf.state_dict()).items()}
@@ -211,3 +215,57 @@ def test_segmenter_official_recipe_steps_match_torch(kernel_backend):
         moved.append(rel_err(want, np.asarray(state[param.name])))
     # every tensor moved by far more than the tolerance (measured: 0.7% to 400%)
     assert min(moved) > 1e-3
+
+
+# ------------------------------------------------------------------------------- ViT --
+
+def test_vit_seed_recipe_steps_match_torch():
+    """The seed's ViT recipe: AdamW with no_weight_decay_filter "beta,bias" (names holding
+    either are not decayed; LayerNorm weights, pos_embed, cls_token are), linear warmup from
+    0 then cosine to min_lr per iteration, cross entropy with label smoothing 0.1."""
+    from tests.vit_oracle import hf_to_timm, hf_vit
+
+    cfg = load_config("config/vit_patch16_imagenet2012_config.yml", NO_RANDOMNESS + [
+        f"--kernel_backend={BACKEND}", "--backbone=vit_tiny_patch16_224", "--image_size=32",
+        "--class_num=10", "--lr=1e-3", "--weight_decay=1.0", "--warmup_epochs=0", "--warmup_iters=2"])
+    ref = hf_vit("tiny", patch=16, image_size=32, num_labels=10, eps=1e-6, seed=3)
+    start = {k: np.array(v) for k, v in hf_to_timm(ref.state_dict()).items()}
+    net = build_model(cfg)
+    load_into_net(net, {k: ms.Parameter(v, name=k) for k, v in start.items()}, strict=True)
+    rng = np.random.default_rng(13)
+    images = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, (4,)).astype(np.int32)
+    run_ours(cfg, net, images, labels)
+
+    # timm name of each HF parameter (the filter reads those names): index-filled tensors
+    # through hf_to_timm (which fuses q, k, v into qkv)
+    named = list(ref.named_parameters())
+    ids = hf_to_timm({n: torch.full_like(p, float(i)) for i, (n, p) in enumerate(named)})
+    timm_of = {named[int(i)][0]: k for k, v in ids.items() for i in np.unique(v)}
+    groups = [{"params": [p], "weight_decay": 0.0 if ("beta" in timm_of[n] or "bias" in timm_of[n])
+               else 1.0} for n, p in named]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    ref.train()
+    x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+    for i in range(STEPS):
+        lr = 1e-3 * i / 2 if i < 2 else 0.5 * 1e-3 * (1 + np.cos(np.pi * (i - 2) / (TOTAL_ITERS - 2)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = F.cross_entropy(ref(pixel_values=x).logits, y, label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    expected = hf_to_timm(ref.state_dict())
+    # zero gradient by construction: the key third of qkv.bias (a constant per query under
+    # the softmax); Adam's ~0.1% noise-decided elements as in the SegFormer test
+    for param in net.trainable_params():
+        ours, want = param.asnumpy(), expected[param.name]
+        assert rel_err(want, start[param.name]) > 1e-4, param.name   # every tensor moved
+        if param.name.endswith("attn.qkv.bias"):
+            third = ours.shape[0] // 3
+            ours = np.concatenate([ours[:third], ours[2 * third:]])
+            want = np.concatenate([want[:third], want[2 * third:]])
+        err = np.abs(ours - want) / np.abs(want).max()
+        assert (err < 1e-4).mean() > 0.995 and err.max() < 1e-2, (
+            param.name, (err >= 1e-4).mean(), err.max())
