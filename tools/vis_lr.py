@@ -6,9 +6,9 @@
 
 Iterations are counted from 1, as the step counter of train.log: iteration i runs at
 lr[i - 1] of build_lr_schedule. The values come from the trainer's own schedule code (src/engine/schedules.py:
-build_lr_schedule and group_lr_multipliers): warmup, poly / cosine / constant decay and
-one curve per parameter-group multiplier (SegFormer's decode head runs at head_lr_mult x
-the encoder's lr). --steps_per_epoch defaults to the size of the config's training set
+build_lr_schedule, optim.lr_multipliers): warmup, poly / cosine / constant decay and
+one curve per learning-rate multiplier of the paramwise rules (SegFormer's "head" key runs
+at 10x the base lr). --steps_per_epoch defaults to the size of the config's training set
 (batches per device, so it depends on --num_devices); give it to skip reading the data.
 Any other --key=value overrides the config (e.g. --epoch_size=10 --warmup_iters=100).
 """
@@ -52,10 +52,11 @@ def dataset_steps_per_epoch(cfg, num_devices):
 def lr_curves(cfg, steps_per_epoch):
     """``{label: lr per iteration}`` for each parameter-group multiplier, and the number of
     warmup iterations. Groups with the same multiplier share one curve."""
-    from src.engine.schedules import build_lr_schedule, group_lr_multipliers, warmup_iterations
+    from src.engine.optim import lr_multipliers
+    from src.engine.schedules import build_lr_schedule, warmup_iterations
     base = build_lr_schedule(cfg, steps_per_epoch)
     by_mult = {}
-    for group, mult in group_lr_multipliers(cfg).items():
+    for group, mult in lr_multipliers(cfg).items():
         by_mult.setdefault(mult, []).append(group)
     curves = {f"{' + '.join(groups)} (x{mult:g})": base * mult for mult, groups in by_mult.items()}
     return curves, warmup_iterations(cfg, steps_per_epoch)

@@ -208,6 +208,26 @@ def _check_encoder(state_dict, prefix, cfg):
                                  f" = {grid[0] * grid[1]}{hint}")
 
 
+def _segmenter_pos_embed(state_dict, prefix, cfg):
+    """Segmenter trains its position embedding at the crop grid (upstream resamples the
+    pretrained one once, at model creation): a square grid other than ``cfg.image_size``'s
+    is resampled to it here (bilinear, the model's ``resize_pos_embed``); a copy."""
+    import mindspore as ms
+    import numpy as np
+    from src.models.vit import resize_pos_embed, to_2tuple, vit_settings
+    key = prefix + "pos_embed"
+    patch = int(state_dict[prefix + "patch_embed.proj.weight"].shape[-1])
+    tokens = int(state_dict[key].shape[1]) - 1
+    side = int(round(tokens ** 0.5))
+    want = to_2tuple(cfg.image_size if cfg.image_size is not None
+                     else vit_settings(cfg.backbone)["image_size"], "image_size")
+    grid = (want[0] // patch, want[1] // patch)
+    if side * side != tokens or (side, side) == grid:
+        return state_dict   # nothing to do, or _check_encoder explains what is wrong
+    resized = resize_pos_embed(ms.Tensor(np.asarray(state_dict[key], np.float32)), (side, side), grid)
+    return {**state_dict, key: resized.asnumpy()}
+
+
 def _model(cfg):
     model = cfg.model
     if model not in ("vit", "segmenter"):
@@ -240,6 +260,8 @@ class TimmViT:
     def convert(cls, state_dict, cfg=None):
         cfg = cfg if cfg is not None else _inferred_config(cls, state_dict)
         model = _model(cfg)
+        if model == "segmenter":
+            state_dict = _segmenter_pos_embed(state_dict, "", cfg)
         _check_encoder(state_dict, "", cfg)
         prefix = "encoder." if model == "segmenter" else ""
         # an in21k head sits on a pre_logits layer (Linear + tanh) this ViT does not have
@@ -323,6 +345,7 @@ class OfficialSegmenter:
         if _model(cfg) != "segmenter":
             raise ViTConversionError("this is a Segmenter checkpoint (encoder.*, decoder.*); "
                                      "convert it with --model=segmenter")
+        state_dict = _segmenter_pos_embed(state_dict, "encoder.", cfg)
         _check_encoder(state_dict, "encoder.", cfg)
         is_mask = "decoder.cls_emb" in state_dict
         ckpt_decoder = "mask_transformer" if is_mask else "linear"

@@ -5,19 +5,23 @@ Why our own update rules: MindSpore's ``nn.AdamWeightDecay`` has no bias correct
 small compared with ``torch.optim.AdamW`` that the SegFormer/ViT recipes were tuned with,
 and ``mint.optim.AdamW`` runs on Ascend only. The rules below are ``torch.optim.AdamW``
 (computed by the fused ``ops.AdamWeightDecay`` kernel, bias correction folded into its
-step size, epsilon and decay) and ``torch.optim.SGD`` (dampening 0, no Nesterov);
+step size, epsilon and decay) and ``torch.optim.SGD`` (dampening 0, optionally Nesterov);
 tests/engine/test_optim.py compares them with torch numerically.
 
 The learning rate is an input of ``construct`` (the per-iteration value from
 ``schedules.build_lr_schedule``), so a resumed run continues the schedule from its step
 counter and graph mode compiles once. Each parameter carries a constant learning-rate
-multiplier and weight decay from its group:
+multiplier and weight decay, given by the recipe's ``paramwise`` config with the rule of
+mmcv's ``DefaultOptimizerConstructor`` (the one NVlabs' SegFormer and mmseg train with):
 
-* group "head" = parameters whose name starts with ``decode_head.`` (SegFormer),
-  ``decoder.`` (Segmenter) or ``head.`` (ViT classifier): lr x ``head_lr_mult``;
-* no weight decay for 1-D parameters (biases, norm scales/shifts) and for names containing
-  any of ``no_weight_decay_keys`` (norm, bias, pos_embed, cls_token, cls_emb).
+* ``custom_keys`` (``{key: {lr_mult, decay_mult}}``) are sorted alphabetically, then by
+  length, longest first; the FIRST key that is a substring of the full parameter name
+  (``decode_head.linear_fuse.bn.weight``) applies, and only that one;
+* a parameter no key matches gets ``weight_decay * norm_decay_mult`` if it belongs to a
+  normalisation layer (BatchNorm, LayerNorm, GroupNorm), else ``weight_decay *
+  bias_decay_mult`` if it is named ``bias``, else ``weight_decay``; lr x1.
 
+No model family is special-cased here: the recipe YAML names its "head" and its exemptions.
 Optimizer state is made of Parameters named ``optimizer.*`` so it is saved with the
 weights and restored on resume.
 """
@@ -27,53 +31,112 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.parameter import ParameterTuple
 
-from src.engine.schedules import group_lr_multipliers
+from src.models.backends import reference
 from src.utils.checkpoint import OPTIMIZER_STATE_PREFIX as STATE_PREFIX
 from src.utils.errors import UserError
 
-HEAD_PREFIXES = ("decode_head.", "decoder.", "head.")
 OPTIMIZERS = ("adamw", "sgd")
+PARAMWISE_KEYS = ("custom_keys", "bias_decay_mult", "norm_decay_mult")
+CUSTOM_KEY_FIELDS = ("lr_mult", "decay_mult")
+# Layers whose parameters norm_decay_mult applies to (mmcv: _BatchNorm, _InstanceNorm,
+# GroupNorm, LayerNorm); reference.LayerNorm is the models' LayerNorm in every backend.
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
+               nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+               reference.LayerNorm)
 
 
 class OptimizerError(UserError, ValueError):
     """An optimiser key in the config has an unusable value."""
 
 
-def is_head_param(name):
-    return name.startswith(HEAD_PREFIXES)
+def _mult(value, key):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise OptimizerError(f"config key '{key}': expected a number >= 0, got {value!r}")
+    return float(value)
 
 
-def has_no_weight_decay(param, no_weight_decay_keys):
-    return param.ndim <= 1 or any(key in param.name for key in no_weight_decay_keys)
+def check_paramwise(cfg):
+    """The ``paramwise`` config as ``(custom_keys in match order, bias_decay_mult,
+    norm_decay_mult)``; ``custom_keys`` maps each key to ``(lr_mult, decay_mult)``."""
+    paramwise = cfg.paramwise
+    if not isinstance(paramwise, dict):
+        raise OptimizerError(f"config key 'paramwise': expected a mapping with keys "
+                             f"{list(PARAMWISE_KEYS)}, got {paramwise!r}")
+    unknown = sorted(set(paramwise) - set(PARAMWISE_KEYS))
+    if unknown:
+        raise OptimizerError(f"config key 'paramwise.{unknown[0]}': unknown, expected one of "
+                             f"{list(PARAMWISE_KEYS)}")
+    custom = paramwise.get("custom_keys") or {}
+    if not isinstance(custom, dict):
+        raise OptimizerError(f"config key 'paramwise.custom_keys': expected a mapping "
+                             f"{{name substring: {{lr_mult, decay_mult}}}}, got {custom!r}")
+    rules = {}
+    # mmcv: sorted(sorted(keys), key=len, reverse=True) -- alphabetical, then longest first
+    for key in sorted(sorted(custom), key=len, reverse=True):
+        where = f"paramwise.custom_keys.{key}"
+        spec = custom[key]
+        if not isinstance(key, str) or not key:
+            raise OptimizerError(f"config key 'paramwise.custom_keys': keys must be non-empty "
+                                 f"parameter-name substrings, got {key!r}")
+        if not isinstance(spec, dict):
+            raise OptimizerError(f"config key '{where}': expected a mapping with keys "
+                                 f"{list(CUSTOM_KEY_FIELDS)}, got {spec!r}")
+        bad = sorted(set(spec) - set(CUSTOM_KEY_FIELDS))
+        if bad:
+            raise OptimizerError(f"config key '{where}.{bad[0]}': unknown, expected one of "
+                                 f"{list(CUSTOM_KEY_FIELDS)}")
+        rules[key] = tuple(_mult(spec.get(f, 1.0), f"{where}.{f}") for f in CUSTOM_KEY_FIELDS)
+    return (rules, _mult(paramwise.get("bias_decay_mult", 1.0), "paramwise.bias_decay_mult"),
+            _mult(paramwise.get("norm_decay_mult", 1.0), "paramwise.norm_decay_mult"))
+
+
+def lr_multipliers(cfg):
+    """``{rule: lr_mult}`` for tools/vis_lr.py's curves: "default" (x1) and each custom key
+    with another multiplier."""
+    rules, _, _ = check_paramwise(cfg)
+    return {"default": 1.0, **{f"custom_keys.{k}": lr for k, (lr, _) in rules.items() if lr != 1.0}}
+
+
+def _norm_param_names(net):
+    names = set()
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, NORM_LAYERS):
+            names.update(p.name for p in cell.get_parameters(expand=False))
+    return names
+
+
+def param_rule(name, is_norm, rules, bias_decay_mult, norm_decay_mult):
+    """``(rule, lr_mult, decay_mult)`` of one parameter by mmcv's rule (module docstring)."""
+    for key, (lr_mult, decay_mult) in rules.items():
+        if key in name:
+            return f"custom_keys.{key}", lr_mult, decay_mult
+    if is_norm:
+        return "norm layers", 1.0, norm_decay_mult
+    if name.rsplit(".", 1)[-1] == "bias":
+        return "bias", 1.0, bias_decay_mult
+    return "default", 1.0, 1.0
 
 
 def param_groups(net, cfg):
-    """Split ``net.trainable_params()`` into up to four groups.
+    """Split ``net.trainable_params()`` by the rule that applies to each (module docstring).
 
-    Returns a list of dicts ``{"name", "params", "lr_mult", "weight_decay"}`` (empty groups
-    left out), in a fixed order: encoder/decay, encoder/no_decay, head/decay, head/no_decay.
-    """
-    mults = group_lr_multipliers(cfg)
+    Returns a list of dicts ``{"name", "params", "lr_mult", "weight_decay"}``, one per rule
+    that matched a parameter, in the order of first appearance in the network."""
     weight_decay = float(cfg.weight_decay)
     if weight_decay < 0:
         raise OptimizerError(f"config key 'weight_decay': must be >= 0, got {cfg.weight_decay}")
-    keys = tuple(cfg.no_weight_decay_keys)
-    buckets = {}
+    rules, bias_mult, norm_mult = check_paramwise(cfg)
+    norm_names = _norm_param_names(net)
+    groups = {}
     for param in net.trainable_params():
-        part = "head" if is_head_param(param.name) else "encoder"
-        decay = "no_decay" if has_no_weight_decay(param, keys) else "decay"
-        buckets.setdefault((part, decay), []).append(param)
-    groups = []
-    for part in ("encoder", "head"):
-        for decay in ("decay", "no_decay"):
-            params = buckets.get((part, decay))
-            if params:
-                groups.append({"name": f"{part}/{decay}", "params": params,
-                               "lr_mult": mults[part],
-                               "weight_decay": weight_decay if decay == "decay" else 0.0})
+        rule, lr_mult, decay_mult = param_rule(param.name, param.name in norm_names, rules,
+                                               bias_mult, norm_mult)
+        group = groups.setdefault(rule, {"name": rule, "params": [], "lr_mult": lr_mult,
+                                         "weight_decay": weight_decay * decay_mult})
+        group["params"].append(param)
     if not groups:
         raise OptimizerError("the network has no trainable parameters")
-    return groups
+    return list(groups.values())
 
 
 def describe_param_groups(groups):
@@ -109,13 +172,20 @@ def _adamw_param(lr, step_size, eps, decay_scale, beta1, beta2, lr_mult, weight_
                               eps, decay_scale * weight_decay, grad.astype(param.dtype))
 
 
-@_sgd_update.register("Tensor", "Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor")
-def _sgd_param(lr, momentum, lr_mult, weight_decay, param, buf, grad):
-    """torch.optim.SGD (dampening 0, nesterov False) for one tensor: ``ops.ApplyMomentum``
-    (in place: buf = momentum * buf + g; p -= lr * buf) on g = grad + weight_decay * p."""
+@_sgd_update.register("Tensor", "Tensor", "Bool", "Number", "Number", "Tensor", "Tensor",
+                      "Tensor")
+def _sgd_param(lr, momentum, nesterov, lr_mult, weight_decay, param, buf, grad):
+    """torch.optim.SGD (dampening 0) for one tensor: ``ops.ApplyMomentum`` (in place:
+    buf = momentum * buf + g; p -= lr * buf, or with Nesterov p -= lr * (g + momentum * buf))
+    on g = grad + weight_decay * p."""
     grad = grad.astype(param.dtype)
     if weight_decay != 0.0:
         grad = grad + param * weight_decay
+    if nesterov:
+        # ApplyMomentum(use_nesterov=True) steps with the buffer from BEFORE the update
+        # (p -= lr * (g + momentum * buf_old)), not torch's rule: written out
+        new_buf = ops.assign(buf, buf * momentum + grad)
+        return ops.assign_sub(param, (grad + new_buf * momentum) * (lr * lr_mult))
     return _apply_momentum(param, buf, lr * lr_mult, grad, momentum)
 
 
@@ -201,17 +271,19 @@ class AdamW(_GroupedOptimizer):
 
 
 class SGD(_GroupedOptimizer):
-    """``torch.optim.SGD`` with momentum (coupled L2 weight decay, dampening 0)."""
+    """``torch.optim.SGD`` with momentum (coupled L2 weight decay, dampening 0), Nesterov
+    momentum if ``nesterov`` (Segmenter: timm's ``sgd`` is ``SGD(nesterov=True)``)."""
 
-    def __init__(self, groups, momentum=0.9):
+    def __init__(self, groups, momentum=0.9, nesterov=False):
         super().__init__(groups)
+        self.nesterov = bool(nesterov)
         self.momentum = ms.Tensor(float(momentum), ms.float32)
         self.momentum_buffer = self.parameters.clone(prefix=STATE_PREFIX + "momentum_buffer",
                                                      init="zeros")
 
     def construct(self, grads, lr):
         self._next_step()
-        update = ops.partial(_sgd_update, lr, self.momentum)
+        update = ops.partial(_sgd_update, lr, self.momentum, self.nesterov)
         return self.hyper_map(update, self.lr_mults, self.weight_decays, self.parameters,
                               self.momentum_buffer, grads)
 
@@ -228,5 +300,10 @@ def build_optimizer(net, cfg, groups=None):
     if name == "sgd":
         if not 0.0 <= float(cfg.momentum) < 1.0:
             raise OptimizerError(f"config key 'momentum': expected a value in [0, 1), got {cfg.momentum}")
-        return SGD(groups, momentum=cfg.momentum)
+        if not isinstance(cfg.nesterov, bool):
+            raise OptimizerError(f"config key 'nesterov': expected True or False, got {cfg.nesterov!r}")
+        if cfg.nesterov and float(cfg.momentum) == 0.0:
+            raise OptimizerError("config key 'nesterov': Nesterov momentum needs 'momentum' > 0 "
+                                 "(torch's rule), got momentum 0")
+        return SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov)
     raise OptimizerError(f"config key 'optimizer': '{cfg.optimizer}' is not one of {list(OPTIMIZERS)}")

@@ -2,7 +2,7 @@
 
 ``build_lr_schedule(cfg, steps_per_epoch)`` returns a float32 array ``lr[i]`` = base learning
 rate of iteration ``i`` (0-based, ``epoch_size * steps_per_epoch`` entries). Parameter groups
-scale it by their multiplier (``head_lr_mult`` for the decode head, see ``optim.py``), so the
+scale it by their multiplier (``paramwise`` ``lr_mult``, see ``optim.py``), so the
 array is what ``tools/vis_lr.py`` plots and what a resumed run indexes with its step counter.
 
 Schedules (``lr_schedule``):
@@ -85,13 +85,3 @@ def build_lr_schedule(cfg, steps_per_epoch):
     total = int(cfg.epoch_size) * int(steps_per_epoch)
     warmup = warmup_iterations(cfg, steps_per_epoch)  # may exceed a short run: then all warmup
     return np.array([lr_at(cfg, i, total, warmup) for i in range(total)], dtype=np.float32)
-
-
-def group_lr_multipliers(cfg):
-    """Learning-rate multiplier of each parameter group (``optim.param_groups`` uses these):
-    the encoder runs at the schedule's value, the decode head / decoder / classifier head at
-    ``head_lr_mult`` times it (SegFormer: 10)."""
-    mult = float(cfg.head_lr_mult)
-    if mult <= 0:
-        raise ScheduleError(f"config key 'head_lr_mult': must be > 0, got {cfg.head_lr_mult}")
-    return {"encoder": 1.0, "head": mult}

@@ -3,7 +3,8 @@
 Per stage a Linear maps C_i -> C (``linear_c{i}.proj``); the maps of stages 2-4 are
 upsampled bilinearly (align_corners=False) to the stage-1 size (1/4 of the input); the
 four are concatenated in the order [c4, c3, c2, c1] (the order the fuse conv's weights
-expect); ``linear_fuse`` = 1x1 conv (no bias) + BatchNorm + ReLU; dropout; ``linear_pred``
+expect); ``linear_fuse`` = 1x1 conv (no bias) + BatchNorm + ReLU; channel dropout
+(``Dropout2d``); ``linear_pred``
 = 1x1 conv to ``num_classes``. Output: logits at 1/4 of the input resolution.
 Layer init is the framework default (PyTorch's default in upstream, too).
 
@@ -68,7 +69,9 @@ class SegFormerHead(nn.Cell):
         self.linear_c3 = MLP(c3, embed_dim)
         self.linear_c4 = MLP(c4, embed_dim)
         self.linear_fuse = ConvBNReLU(4 * embed_dim, embed_dim, norm_layer=norm_layer)
-        self.dropout = nn.Dropout(p=dropout)
+        # mmseg BaseDecodeHead: Dropout2d, whole channels of each image zeroed (and the rest
+        # scaled by 1 / (1 - p)), not single values
+        self.dropout = nn.Dropout2d(p=dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1, has_bias=True)
         self.resize = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
         self.embed_dim = embed_dim

@@ -146,7 +146,9 @@ def _validate(data, schema, where, prefix=""):
             raise ConfigError(
                 f"config key '{full}' ({where}) expects {type(default).__name__}, "
                 f"got {value!r} ({type(value).__name__})")
-        if isinstance(default, dict) and isinstance(value, dict):
+        # an empty default mapping (paramwise.custom_keys) has free-form keys: its consumer
+        # checks them (optim.check_paramwise)
+        if isinstance(default, dict) and default and isinstance(value, dict):
             _validate(value, default, where, full + ".")
 
 

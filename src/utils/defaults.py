@@ -113,6 +113,14 @@ DEFAULTS = {
     "mixup": 0.0,                    # mixup alpha (0: off)
     "cutmix": 0.0,                   # cutmix alpha (0: off)
     "label_smooth_factor": 0.0,
+    # segmentation cross entropy, mmseg 0.x CrossEntropyLoss + OHEMPixelSampler names
+    "loss": {
+        "avg_non_ignore": True,      # mean over non-ignored pixels (False: over all pixels
+                                     # of the batch, mmseg 0.x's default)
+        "class_weight": None,        # [class_num] per-class weights (None: all 1)
+        "ohem_thresh": None,         # OHEM: keep pixels with p(label) < thresh (None: off)
+        "ohem_min_kept": 100000,     # ... and at least this many hardest per image
+    },
     "eval_batch_size": 1,
 
     # ---- optimisation --------------------------------------------------------------
@@ -121,9 +129,17 @@ DEFAULTS = {
     "min_lr": 0.0,
     "betas": [0.9, 0.999],
     "momentum": 0.9,
+    "nesterov": False,               # sgd: Nesterov momentum (torch semantics)
     "weight_decay": 0.01,
-    "head_lr_mult": 10.0,            # decoder/head lr multiplier (SegFormer)
-    "no_weight_decay_keys": ["norm", "bias", "pos_embed", "cls_token", "cls_emb"],
+    # Per-parameter lr / weight-decay multipliers, mmcv's DefaultOptimizerConstructor rule
+    # (src/engine/optim.py): the first of custom_keys (longest first) contained in the full
+    # parameter name applies; otherwise norm-layer parameters get norm_decay_mult and
+    # parameters named "bias" get bias_decay_mult. Each recipe states its own.
+    "paramwise": {
+        "custom_keys": {},           # {name substring: {lr_mult: x, decay_mult: y}}
+        "bias_decay_mult": 1.0,
+        "norm_decay_mult": 1.0,
+    },
     "lr_schedule": "poly",           # poly | cosine | constant
     "poly_power": 1.0,
     "warmup_iters": 0,

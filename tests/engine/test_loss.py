@@ -134,3 +134,103 @@ def test_build_loss_by_model_family_on_the_configured_backend(kernel_backend):
     assert isinstance(build_loss(load_config("", ["--model=vit"])), ClassificationCrossEntropy)
     with pytest.raises(ValueError, match="label_smooth_factor"):
         build_loss(load_config("", ["--model=vit", "--label_smooth_factor=1.5"]))
+
+
+def loss_case():
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((2, 4, 5, 6)) * 2).astype(np.float32)
+    labels = rng.integers(0, 4, (2, 10, 12)).astype(np.int32)
+    labels[0, :3] = 255
+    labels[1, :, :2] = 255
+    return logits, labels
+
+
+def torch_mmseg_loss(logits, labels, avg_non_ignore, class_weight=None, ohem=None):
+    """mmseg 0.x's decode-head loss written in torch: OHEMPixelSampler.sample (thresh form)
+    then CrossEntropyLoss(class_weight, avg_non_ignore) with reduction 'mean'."""
+    def fn(t):
+        seg_logit = F.interpolate(t, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        label = torch.tensor(labels, dtype=torch.long)
+        valid = label != 255
+        seg_weight = None
+        if ohem is not None:
+            thresh, min_kept = ohem
+            with torch.no_grad():
+                seg_weight = seg_logit.new_zeros(label.size())
+                valid_seg_weight = seg_weight[valid]
+                prob = F.softmax(seg_logit, dim=1)
+                tmp = label.clone().unsqueeze(1)
+                tmp[tmp == 255] = 0
+                prob = prob.gather(1, tmp).squeeze(1)
+                sort_prob, _ = prob[valid].sort()
+                min_threshold = (sort_prob[min(min_kept * label.size(0), sort_prob.numel() - 1)]
+                                 if sort_prob.numel() > 0 else 0.0)
+                threshold = max(min_threshold, thresh)
+                valid_seg_weight[prob[valid] < threshold] = 1.0
+                seg_weight[valid] = valid_seg_weight
+        weight = None if class_weight is None else torch.tensor(class_weight)
+        loss = F.cross_entropy(seg_logit, label, weight=weight, reduction="none", ignore_index=255)
+        if seg_weight is not None:
+            loss = loss * seg_weight
+        if avg_non_ignore:
+            return loss.sum() / (label.numel() - (label == 255).sum().item())
+        return loss.mean()
+    return fn
+
+
+@pytest.mark.parametrize("mode", ["PYNATIVE", "GRAPH"])
+@pytest.mark.parametrize("avg_non_ignore,class_weight,ohem", [
+    (False, None, None),                        # mmseg 0.x default: over all pixels
+    (True, [0.5, 2.0, 1.0, 0.0], None),
+    (False, [0.5, 2.0, 1.0, 3.0], (0.3, 5)),    # threshold decides
+    (True, None, (0.001, 20)),                  # min_kept decides
+])
+def test_segmentation_ce_options_match_mmseg(mode, kernel_backend, avg_non_ignore, class_weight, ohem):
+    logits, labels = loss_case()
+    options = {"avg_non_ignore": avg_non_ignore, "class_weight": class_weight,
+               "ohem_thresh": None if ohem is None else ohem[0],
+               "ohem_min_kept": 100000 if ohem is None else ohem[1]}
+    loss_fn = load_backend(kernel_backend).SegmentationCrossEntropy(255, **options)
+    if mode == "PYNATIVE":
+        ours = ms_value_and_grad(loss_fn, logits, labels)
+    else:
+        ms.set_context(mode=ms.GRAPH_MODE)  # the autouse fixture restores PYNATIVE
+        value, grad = GraphValueAndGrad(loss_fn)(ms.Tensor(logits), ms.Tensor(labels))
+        ours = float(value.asnumpy()), grad.asnumpy()
+    ref = torch_value_and_grad(torch_mmseg_loss(logits, labels, avg_non_ignore, class_weight, ohem),
+                               logits)
+    assert ours[0] == pytest.approx(ref[0], rel=1e-5)
+    np.testing.assert_allclose(ours[1], ref[1], rtol=1e-4, atol=1e-5 * np.abs(ref[1]).max())
+
+
+def test_ohem_keeps_what_the_options_say():
+    """Guards the parity test above against a degenerate draw: the threshold case keeps more
+    than min_kept pixels per image, the min_kept case exactly min_kept * N of the valid ones."""
+    logits, labels = loss_case()
+    logits = ms.ops.interpolate(ms.Tensor(logits), size=labels.shape[-2:], mode="bilinear",
+                                align_corners=False)
+    ref = load_backend("reference")
+    for thresh, min_kept, check in ((0.3, 5, lambda n: n > 10), (0.001, 20, lambda n: n == 40)):
+        loss_fn = ref.SegmentationCrossEntropy(255, ohem_thresh=thresh, ohem_min_kept=min_kept)
+        nll = -ms.ops.log_softmax(logits, axis=1)
+        target = ms.Tensor(np.where(labels == 255, 0, labels))
+        picked = ms.ops.gather_elements(nll, 1, target.expand_dims(1)).squeeze(1)
+        kept = loss_fn.ohem_keep(picked, ms.Tensor(labels != 255)).asnumpy()
+        assert check(int(kept.sum())) and not kept[labels == 255].any()
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("class_weight", [1.0, 2.0], r"'loss.class_weight'.*class_num \(19\)"),
+    ("class_weight", [-1.0] * 19, r"'loss.class_weight'.*>= 0"),
+    ("ohem_thresh", 1.5, r"'loss.ohem_thresh'.*\(0, 1\]"),
+    ("ohem_min_kept", -3, r"'loss.ohem_min_kept'.*>= 0"),
+])
+def test_bad_loss_options_are_clear_errors(key, value, match):
+    cfg = load_config("", ["--model=segformer"], values={"loss": {key: value}})
+    with pytest.raises(ValueError, match=match):
+        build_loss(cfg)
+
+
+def test_recipes_set_their_upstream_loss_normalisation():
+    assert load_config("config/segformer.b0.1024x1024.city.yaml").loss.avg_non_ignore is False
+    assert load_config("config/segmenter.tiny.mask.768x768.city.yaml").loss.avg_non_ignore is True

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.engine.schedules import ScheduleError, build_lr_schedule, group_lr_multipliers
+from src.engine.schedules import ScheduleError, build_lr_schedule
 from src.utils.config import load_config
 
 
@@ -83,8 +83,7 @@ def test_constant_with_warmup_and_zero_warmup_ratio():
                                rtol=1e-6)
 
 
-def test_head_multiplier_and_bad_keys_are_clear_errors():
-    assert group_lr_multipliers(make_cfg(head_lr_mult=10.0)) == {"encoder": 1.0, "head": 10.0}
+def test_bad_keys_are_clear_errors():
     with pytest.raises(ScheduleError, match="warmup_iters.*warmup_epochs"):
         build_lr_schedule(make_cfg(warmup_iters=5, warmup_epochs=1), 10)
     with pytest.raises(ScheduleError, match="lr_schedule.*'step'"):

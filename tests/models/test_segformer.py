@@ -144,3 +144,29 @@ def test_norm_eps_matches_reference_on_small_activations(b0_pair):
     ours = net.backbone.block1[0](ms.Tensor(x), height, width).asnumpy()
     assert rel_err(ours, ref_block.numpy()) < 1e-4
     assert rel_err(net.backbone.norm1(ms.Tensor(x)).asnumpy(), ref_norm.numpy()) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["PYNATIVE", "GRAPH"])
+def test_head_dropout_drops_whole_channels(kernel_backend, mode):
+    """mmseg's Dropout2d, in the unfolded (reference) and folded (cpu) head: with an identity
+    classifier the logits are the dropped map itself, so each channel of each image is either
+    all zero or the whole map scaled by 1 / (1 - p)."""
+    from src.models.backends import load_backend
+    from src.models.segformer_head import SegFormerHead
+
+    head = SegFormerHead(load_backend(kernel_backend), [4, 4, 4, 4], 16, 16, dropout=0.5)
+    head.linear_pred.weight.set_data(ms.Tensor(np.eye(16, dtype=np.float32).reshape(16, 16, 1, 1)))
+    head.linear_pred.bias.set_data(ms.Tensor(np.zeros(16, np.float32)))
+    # BatchNorm output (batch statistics) shifted to > 0 so the ReLU zeroes nothing
+    head.linear_fuse.bn.beta.set_data(ms.Tensor(np.full(16, 10.0, np.float32)))
+    head.set_train(True)
+    rng = np.random.default_rng(3)
+    feats = tuple(ms.Tensor(rng.standard_normal((2, 4, s, s)).astype(np.float32)) for s in (8, 4, 2, 1))
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "GRAPH" else ms.PYNATIVE_MODE)
+    try:
+        out = head(feats).asnumpy().reshape(2, 16, -1)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    dropped = np.abs(out).max(-1) == 0
+    assert 0 < dropped.sum() < dropped.size          # some channels dropped, not all
+    assert (out[~dropped] > 0).all()                 # kept channels are kept whole

@@ -90,7 +90,7 @@ def test_vis_lr_plots_what_the_trainer_used(real_log):
     """tools/vis_lr.py's curve at iteration i = the lr train.py logged at iteration i."""
     cfg = load_config(os.path.join(ROOT, "config", "segformer.b0.demo.yaml"), TRAIN_ARGS[1:])
     curves, warmup = load_tool("vis_lr").lr_curves(cfg, STEPS)
-    (curve,) = curves.values()          # head_lr_mult 1 in the demo config: one curve
+    (curve,) = curves.values()          # head lr_mult 1 in the demo config: one curve
     logged = [(s["iteration"], s["lr"]) for s in tool.parse_log(real_log).steps]
     assert warmup == WARMUP
     assert np.allclose([lr for _, lr in logged], [curve[i - 1] for i, _ in logged], rtol=1e-6, atol=0)

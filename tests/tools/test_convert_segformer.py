@@ -237,7 +237,7 @@ def test_ade20k_finetuned_checkpoint_evaluates_with_the_ade_config(tmp_path):
     """A 150-class NVlabs/mmseg ADE20K checkpoint converts against
     segformer.b0.512x512.ade.yaml and eval.py's strict loader builds the same function as
     HF with that config."""
-    from src.engine.inference import load_trained_net
+    from src.engine.networks import load_trained_net
     ref = hf_segformer("mit_b0", num_labels=150, seed=3)
     hub = hub_state_dict(ref, str(tmp_path / "hf"))
     pth = save_nvlabs_finetuned(hub, str(tmp_path / "segformer.b0.512x512.ade.160k.pth"), 150)

@@ -109,6 +109,22 @@ def test_timm_to_segmenter_encoder(tmp_path, timm_state):
                                   timm_state["blocks.3.attn.qkv.weight"])
 
 
+def test_segmenter_pos_embed_resampled_once_to_the_config_grid(tmp_path, timm_state):
+    """rstrudel/segmenter resamples the pretrained grid to the training grid once (bilinear,
+    torch F.interpolate, align_corners False) and trains it there: 2x2 -> 4x4 for 64x64."""
+    summary = convert(tmp_path, timm_state, "--model=segmenter", "--backbone=vit_tiny_patch16_224",
+                      "--image_size=64", "--class_num=19")
+    written = load_checkpoint(str(tmp_path / "out.ckpt"))["encoder.pos_embed"].asnumpy()
+    pos = torch.from_numpy(timm_state["pos_embed"])
+    grid = pos[:, 1:].reshape(1, 2, 2, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear", align_corners=False)
+    expected = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 16, -1)], dim=1).numpy()
+    np.testing.assert_allclose(written, expected, rtol=1e-6, atol=1e-7)
+    net = build_model(summary["cfg"])
+    _, missing = load_pretrained(net, str(tmp_path / "out.ckpt"), log=lambda *_: None)
+    assert all(n.startswith("decoder.") for n in missing)
+
+
 def test_other_class_count_needs_drop_head(tmp_path, timm_state):
     with pytest.raises(ConversionError, match="'head.weight' has 10 classes.*class_num' is 7.*"
                                               "--drop_head=True"):
@@ -237,7 +253,7 @@ def test_official_ade20k_segmenter_evaluates_with_the_ade_config(tmp_path):
     segmenter.tiny.mask.512x512.ade.yaml and eval.py's strict loader builds the reference
     function with that config (the image_size of the checkpoint given, as for Cityscapes)."""
     import mindspore as ms
-    from src.engine.inference import load_trained_net
+    from src.engine.networks import load_trained_net
     from src.utils.config import load_config
     from tests.vit_oracle import rel_err, segmenter_reference
     hf = hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)

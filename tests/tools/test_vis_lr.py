@@ -29,22 +29,22 @@ def test_segformer_poly_warmup_and_head_multiplier():
     cfg = load_config(os.path.join(ROOT, "config", "segformer.b0.1024x1024.city.yaml"),
                       ["--epoch_size=3", "--warmup_iters=4", "--poly_power=0.9", "--min_lr=1e-6"])
     curves, warmup = tool.lr_curves(cfg, steps_per_epoch=5)
-    assert warmup == 4 and set(curves) == {"encoder (x1)", "head (x10)"}
+    assert warmup == 4 and set(curves) == {"default (x1)", "custom_keys.head (x10)"}
 
     def mmcv(i, total=15, lr=6e-5, min_lr=1e-6, power=0.9, ratio=1e-6):
         regular = (lr - min_lr) * (1 - i / total) ** power + min_lr
         return regular * (1 - (1 - i / warmup) * (1 - ratio)) if i < warmup else regular
 
     expected = np.array([mmcv(i) for i in range(15)])
-    np.testing.assert_allclose(curves["encoder (x1)"], expected, rtol=1e-6)
-    np.testing.assert_allclose(curves["head (x10)"], 10 * expected, rtol=1e-6)
+    np.testing.assert_allclose(curves["default (x1)"], expected, rtol=1e-6)
+    np.testing.assert_allclose(curves["custom_keys.head (x10)"], 10 * expected, rtol=1e-6)
 
 
 def test_vit_cosine_with_warmup_epochs():
     cfg = load_config(os.path.join(ROOT, "config", "vit_patch16_imagenet2012_config.yml"),
                       ["--epoch_size=10", "--warmup_epochs=2"])
     curves, warmup = tool.lr_curves(cfg, steps_per_epoch=3)
-    (curve,) = curves.values()            # head_lr_mult 1: one curve for all groups
+    (curve,) = curves.values()            # the seed: no lr_mult, one curve for all groups
     lr, total = 0.00355, 30
     expected = [lr * i / 6 if i < 6 else 0.5 * lr * (1 + math.cos(math.pi * (i - 6) / (total - 6)))
                 for i in range(total)]

@@ -51,8 +51,9 @@ def test_segformer_ade20k_configs_are_the_nvlabs_recipe(variant, crop):
     assert (cfg.cat_max_ratio, cfg.flip_prob, cfg.photometric_distortion) == (0.75, 0.5, True)
     assert (cfg.eval_mode, cfg.eval_base_size, cfg.eval_size_divisor, cfg.eval_scales, cfg.eval_flip) == (
         "whole", [crop, 2048], 32, [1.0], False)
-    assert (cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay, cfg.head_lr_mult) == (
-        "adamw", 6e-5, [0.9, 0.999], 0.01, 10.0)
+    assert (cfg.optimizer, cfg.lr, cfg.betas, cfg.weight_decay) == ("adamw", 6e-5, [0.9, 0.999], 0.01)
+    assert cfg.paramwise.custom_keys == {"pos_block": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0},
+                                         "head": {"lr_mult": 10.0}}
     assert (cfg.lr_schedule, cfg.poly_power, cfg.min_lr, cfg.warmup_iters, cfg.warmup_ratio) == (
         "poly", 1.0, 0.0, 1500, 1e-6)
     assert cfg.batch_size * 8 == 16  # 2 images per device x 8
@@ -68,8 +69,9 @@ def test_segmenter_ade20k_configs_are_the_official_recipe(size):
         [512, 2048], [0.5, 2.0], [512, 512], 0.75)
     assert (cfg.eval_mode, cfg.eval_base_size, cfg.eval_crop_size, cfg.eval_stride) == (
         "slide", [512, 2048], [512, 512], [512, 512])
-    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.head_lr_mult) == (
-        "sgd", 0.001, 0.9, 0.0, 1.0)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay) == (
+        "sgd", 0.001, 0.9, True, 0.0)
+    assert cfg.paramwise.custom_keys == {}
     assert (cfg.lr_schedule, cfg.poly_power, cfg.min_lr, cfg.warmup_iters) == ("poly", 0.9, 1e-5, 0)
     assert (cfg.epoch_size, cfg.batch_size * 8, cfg.eval_interval) == (64, 8, 2)
 

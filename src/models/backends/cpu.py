@@ -306,8 +306,8 @@ class CpuSegmentationCrossEntropy(reference.SegmentationCrossEntropy):
     ~0.5 s) with the class sum as a matmul (ReduceSum over a middle axis is ~3x slower), and
     the upsampling by the bilinear kernel."""
 
-    def __init__(self, ignore_index=255):
-        super().__init__(ignore_index)
+    def __init__(self, ignore_index=255, **options):
+        super().__init__(ignore_index, **options)
         self.log = _Log()
         self.resize = cpu_kernels.resize_bilinear_op()
 
@@ -322,14 +322,13 @@ class CpuSegmentationCrossEntropy(reference.SegmentationCrossEntropy):
         # -log_softmax at the label = log(sum(exp(z - max))) - (z - max)[label]
         valid = labels != self.ignore_index
         target = ops.where(valid, labels, ops.zeros_like(labels))
-        weight = valid.astype(ms.float32)
         # any per-pixel shift gives the same value and gradient; the max keeps exp in range;
         # tiled, not broadcast (a broadcasting Sub keeps an index table)
         shift = ops.tile(ops.stop_gradient(_class_max(logits)), (1, c, 1))
         shifted = logits - shift
         sum_exp = ops.matmul(ops.ones((1, c), ms.float32), ops.exp(shifted))
         picked = ops.gather_elements(shifted, 1, target)
-        return ((self.log(sum_exp) - picked) * weight).sum() / ops.maximum(weight.sum(), 1.0)
+        return self.reduce(self.log(sum_exp) - picked, target, valid)
 
 
 class CpuDropPath(reference.DropPath):

@@ -9,6 +9,7 @@ Every layer here is the interface of its neutral layer: the cpu backend's layer 
 name takes and returns the same tensors and holds the same parameters under the same names.
 Layouts: ``tokens`` are ``[B, H*W, C]`` (row-major over the map), ``map`` is ``[B, C, H, W]``.
 """
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -205,15 +206,57 @@ class UpsampleAdd(nn.Cell):
 class SegmentationCrossEntropy(nn.Cell):
     """``logits [N, C, h, w]`` (any float dtype), ``labels [N, H, W]`` int -> scalar float32.
 
-    The logits are resized bilinearly (align_corners=False) to the label size, as mmseg does;
-    pixels labelled ``ignore_index`` are left out and the mean is over the remaining pixels.
-    A batch without any valid pixel gives 0 (torch gives NaN there), so it never trips the
-    overflow check.
+    mmseg 0.x's ``CrossEntropyLoss`` (with its ``OHEMPixelSampler``): the logits are resized
+    bilinearly (align_corners=False) to the label size; each pixel's loss is ``-log p(label)``,
+    times ``class_weight[label]`` if given, times the OHEM weight (0/1) if ``ohem_thresh``
+    is set; pixels labelled ``ignore_index`` count 0. The sum is divided by the number of
+    non-ignored pixels (``avg_non_ignore``) or by all pixels of the batch (mmseg 0.x's
+    default), whatever the weights. A batch without any valid pixel gives 0 (torch gives NaN
+    there), so it never trips the overflow check.
+
+    OHEM (``ohem_thresh``, ``ohem_min_kept``): a valid pixel is kept if the softmax
+    probability of its label is below ``max(thresh, p_k)``, ``p_k`` the k-th smallest such
+    probability of the batch, k = ``min(min_kept * N, valid - 1)``: the hard pixels, at least
+    ``min_kept`` per image.
     """
 
-    def __init__(self, ignore_index=255):
+    def __init__(self, ignore_index=255, avg_non_ignore=True, class_weight=None,
+                 ohem_thresh=None, ohem_min_kept=100000):
         super().__init__()
         self.ignore_index = int(ignore_index)
+        self.avg_non_ignore = bool(avg_non_ignore)
+        self.class_weight = (None if class_weight is None
+                             else ms.Tensor(np.asarray(class_weight, np.float32)))
+        self.ohem = ohem_thresh is not None
+        self.ohem_thresh = float(ohem_thresh) if self.ohem else 0.0
+        self.ohem_min_kept = int(ohem_min_kept)
+
+    def ohem_keep(self, nll, valid):
+        """mmseg's OHEMPixelSampler weights (0/1, float32) from the per-pixel ``-log p``."""
+        prob = ops.exp(-ops.stop_gradient(nll)).reshape(-1)
+        valid = valid.reshape(-1)
+        sorted_prob, _ = ops.sort(ops.where(valid, prob, ops.full_like(prob, 2.0)))
+        num_valid = valid.astype(ms.int32).sum()
+        batch_kept = self.ohem_min_kept * nll.shape[0]
+        k = ops.maximum(ops.minimum(num_valid - 1, batch_kept), 0)
+        kth = ops.gather(sorted_prob, k.reshape(1), 0).reshape(())
+        threshold = ops.maximum(ops.where(num_valid > 0, kth, ops.zeros_like(kth)),
+                                self.ohem_thresh)
+        keep = ops.logical_and(prob < threshold, valid)
+        return keep.astype(ms.float32).reshape(nll.shape)
+
+    def reduce(self, nll, target, valid):
+        """The loss from per-pixel ``nll = -log p(target)`` (any shape; ``target`` holds 0
+        at ignored pixels, ``valid`` is False there)."""
+        weight = valid.astype(ms.float32)
+        if self.class_weight is not None:
+            weight = weight * ops.gather(self.class_weight, target.reshape(-1), 0).reshape(target.shape)
+        if self.ohem:
+            weight = weight * self.ohem_keep(nll, valid)
+        total = (nll * weight).sum()
+        if self.avg_non_ignore:
+            return total / ops.maximum(valid.astype(ms.float32).sum(), 1.0)
+        return total / float(valid.size)
 
     def construct(self, logits, labels):
         logits = logits.astype(ms.float32)
@@ -225,5 +268,4 @@ class SegmentationCrossEntropy(nn.Cell):
         target = ops.where(valid, labels, ops.zeros_like(labels))
         log_prob = ops.log_softmax(logits, axis=1)
         picked = ops.gather_elements(log_prob, 1, target.expand_dims(1)).squeeze(1)
-        weight = valid.astype(ms.float32)
-        return -(picked * weight).sum() / ops.maximum(weight.sum(), 1.0)
+        return self.reduce(-picked, target, valid)
