@@ -38,6 +38,7 @@ def run_both(optimizer_name, torch_opt_fn, lrs, nesterov=False):
                            "--betas=[0.8,0.99]", "--momentum=0.9", f"--nesterov={nesterov}"],
                       values={"paramwise": {"custom_keys": {"head": {"lr_mult": 10.0}},
                                             "bias_decay_mult": 0.0}})
+    ms.set_seed(0)  # a fixed initialisation: the tolerances below are checked for it
     net = TwoLayer()
     twin = torch_twin(net)
     opt = build_optimizer(net, cfg)
