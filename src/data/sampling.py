@@ -12,6 +12,10 @@ class ShardSampler:
     takes every ``num_shards``-th element. Shards are disjoint when num_samples divides
     evenly, and together always cover every sample. Yields ``epoch * num_samples + index``
     so the source knows the epoch (for the augmentation seed).
+
+    MindSpore iterates the sampler twice while building the dataset, so the epoch count
+    of ``__iter__`` calls is not the training epoch: the trainer calls ``set_position``
+    before iterating (also to resume in the middle of an epoch).
     """
 
     def __init__(self, num_samples, num_shards=1, shard_id=0, shuffle=True, seed=0, pad=True):
@@ -20,6 +24,12 @@ class ShardSampler:
         self.num_samples, self.num_shards, self.shard_id = num_samples, num_shards, shard_id
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
         self.epoch = 0
+        self.skip = 0
+
+    def set_position(self, epoch, skip=0):
+        """The next ``__iter__`` yields epoch ``epoch`` from its ``skip``-th index on; the
+        following ones the next epochs, whole."""
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def indices(self, epoch):
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
@@ -36,7 +46,22 @@ class ShardSampler:
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        return iter((epoch * self.num_samples + self.indices(epoch)).tolist())
+        skip, self.skip = self.skip, 0
+        return iter((epoch * self.num_samples + self.indices(epoch)[skip:]).tolist())
+
+
+def find_shard_sampler(dataset):
+    """The ``ShardSampler`` feeding a ``mindspore.dataset`` pipeline (None: there is none).
+    MindSpore wraps a Python sampler into an ``IterSampler`` that keeps it as ``.sampler``."""
+    pending = [dataset]
+    while pending:
+        node = pending.pop()
+        wrapper = getattr(node, "sampler", None)
+        for candidate in (wrapper, getattr(wrapper, "sampler", None)):
+            if isinstance(candidate, ShardSampler):
+                return candidate
+        pending.extend(getattr(node, "children", None) or [])
+    return None
 
 
 def generator_kwargs(cfg):
