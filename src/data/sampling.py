@@ -13,9 +13,10 @@ class ShardSampler:
     evenly, and together always cover every sample. Yields ``epoch * num_samples + index``
     so the source knows the epoch (for the augmentation seed).
 
-    MindSpore iterates the sampler twice while building the dataset, so the epoch count
-    of ``__iter__`` calls is not the training epoch: the trainer calls ``set_position``
-    before iterating (also to resume in the middle of an epoch).
+    MindSpore iterates the sampler twice while building the dataset, so the count of
+    ``__iter__`` calls is not the training epoch: the trainer calls ``set_epoch`` before
+    iterating (also to resume). An epoch is always yielded whole: MindSpore checks that a
+    generator delivers ``len(sampler)`` samples per epoch.
     """
 
     def __init__(self, num_samples, num_shards=1, shard_id=0, shuffle=True, seed=0, pad=True):
@@ -24,12 +25,10 @@ class ShardSampler:
         self.num_samples, self.num_shards, self.shard_id = num_samples, num_shards, shard_id
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
         self.epoch = 0
-        self.skip = 0
 
-    def set_position(self, epoch, skip=0):
-        """The next ``__iter__`` yields epoch ``epoch`` from its ``skip``-th index on; the
-        following ones the next epochs, whole."""
-        self.epoch, self.skip = int(epoch), int(skip)
+    def set_epoch(self, epoch):
+        """The next ``__iter__`` yields epoch ``epoch``, the following ones the next epochs."""
+        self.epoch = int(epoch)
 
     def indices(self, epoch):
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
@@ -46,8 +45,7 @@ class ShardSampler:
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        skip, self.skip = self.skip, 0
-        return iter((epoch * self.num_samples + self.indices(epoch)[skip:]).tolist())
+        return iter((epoch * self.num_samples + self.indices(epoch)).tolist())
 
 
 def find_shard_sampler(dataset):

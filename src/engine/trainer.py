@@ -11,8 +11,9 @@ iterations; evaluation (``src.engine.evaluate.evaluate``, the code eval.py runs)
 checkpoints follow the schedule (see ``Trainer``; files and resume: ``checkpoints.py``).
 
 Exact resume: a checkpoint holds the global step G; the resumed run starts the sampler at
-epoch G // steps_per_epoch, batch G % steps_per_epoch (``ShardSampler.set_position``), and
-augmentation draws are seeded per (seed, epoch, sample), so the resumed run reads the same
+epoch G // steps_per_epoch (``ShardSampler.set_epoch``) and reads its first
+G % steps_per_epoch batches without training on them; augmentation draws are
+seeded per (seed, epoch, sample), so the resumed run reads the same
 batches with the same augmentation, at the same lr, optimiser moments and loss scale.
 
 Stops with a clear error after ``max_consecutive_overflow_steps`` non-finite steps in a
@@ -248,11 +249,10 @@ class Trainer:
         start_epoch, skip = divmod(state.global_step, spe)
         sampler = find_shard_sampler(self.data)
         if sampler is not None:
-            # the data position of global step G: epoch G // spe, batch G % spe of it
-            sampler.set_position(start_epoch, skip * int(cfg.batch_size))
-        elif skip:
-            raise TrainError("this dataset has no ShardSampler, so a run cannot resume in the "
-                             "middle of an epoch")
+            sampler.set_epoch(start_epoch)
+        elif state.global_step:
+            raise TrainError("this dataset has no ShardSampler, so a resumed run cannot continue "
+                             "its data order")
         total = self.total_iters
         schedule = (f"{total} iterations (max_iters)" if self.by_iters
                     else f"epochs {start_epoch + 1}..{self.epochs}")
@@ -271,7 +271,14 @@ class Trainer:
             # (loss, overflow) of the steps since the last log line, left on the device: the
             # host waits for the device once per log line, not after every step
             pending = []
-            for step, (images, labels) in enumerate(iterator, start=first):
+            if first > 1:
+                self.log(f"reading {first - 1} batch(es) of epoch {epoch} without training, to "
+                         f"continue at its step {first}")
+            for step, (images, labels) in enumerate(iterator, start=1):
+                if step < first:
+                    # the batches this epoch trained on before the resume: MindSpore wants an
+                    # epoch read whole, and skipping them keeps the later batches in place
+                    continue
                 lr = self.lr_schedule[state.global_step]
                 loss, overflow, scale = self.step_cell(images, labels, ms.Tensor(lr, ms.float32))
                 state.global_step += 1
