@@ -244,6 +244,21 @@ class Trainer:
         return loss, overflow
 
     def fit(self):
+        """Train to the end; SIGINT/SIGTERM stop after the current step with a TrainInterrupted
+        naming where the run stopped and the checkpoint to resume from."""
+        previous = {sig: signal.signal(sig, _raise_interrupted)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._fit()
+        except (TrainInterrupted, KeyboardInterrupt) as err:
+            name = str(err) if isinstance(err, TrainInterrupted) else "SIGINT"
+            raise TrainInterrupted(f"interrupted by {name} after {self.position or 'no step'}"
+                                   f"{self.checkpoints.resume_hint()}") from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _fit(self):
         cfg, state = self.cfg, self.state
         spe = self.steps_per_epoch
         start_epoch, skip = divmod(state.global_step, spe)
@@ -345,14 +360,7 @@ def train(cfg, rank_id=0, group_size=1, log=print):
     if resume_path is not None:
         trainer.resume(resume_path, resume_dict)
     checkpoints.open(resuming=bool(cfg.resume_ckpt or cfg.auto_resume))
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return trainer.fit()
-    except (TrainInterrupted, KeyboardInterrupt) as err:
-        name = str(err) if isinstance(err, TrainInterrupted) else "SIGINT"
-        raise TrainInterrupted(f"interrupted by {name} after {trainer.position or 'no step'}"
-                               f"{checkpoints.resume_hint()}") from None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         checkpoints.close()
