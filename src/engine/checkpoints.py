@@ -193,7 +193,8 @@ class CheckpointManager:
     stale and taken over), then refuses checkpoints of another run unless ``resuming``
     (``--resume_ckpt`` / ``--auto_resume``) or ``overwrite_checkpoints: True`` (which deletes
     them first, so that pruning and auto_resume never mix two runs). ``close()`` releases it.
-    Non-writers (ranks other than 0 with ``rank_save_ckpt: rank0``) only read.
+    A run that writes no checkpoint (``save_checkpoint: False``, or a rank other than 0 with
+    ``rank_save_ckpt: rank0``) only reads.
     """
 
     def __init__(self, cfg, rank_id=0, group_size=1, log=print):
@@ -240,7 +241,7 @@ class CheckpointManager:
         raise CheckpointDirError(f"cannot take the lock {self.lock_path}")
 
     def open(self, resuming):
-        if not self.is_writer:
+        if not self.enabled:  # a run that writes no checkpoint cannot overwrite any
             return
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -323,6 +324,7 @@ class CheckpointManager:
     def resume_hint(self):
         """'; resume from X with --auto_resume=True' for the messages of a stopped run."""
         latest = self.last_saved if self.last_saved and os.path.exists(self.last_saved) else self.latest()
+        latest = latest or self.cfg.resume_ckpt or None
         if latest is None:
             return "; no checkpoint of this run was written (nothing to resume)"
         return (f"; last checkpoint {latest}: resume with --auto_resume=True (or "
