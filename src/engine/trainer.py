@@ -31,9 +31,7 @@ from mindspore import nn
 
 from src.data.sampling import find_shard_sampler
 from src.engine.amp import apply_amp, build_loss_scaler, check_amp_config
-from src.engine.checkpoints import (CheckpointManager, TrainError, TrainState,  # noqa: F401
-                                    find_resume_checkpoint, restore_training_state,
-                                    training_state_dict)
+from src.engine.checkpoints import CheckpointManager, TrainError, TrainState, restore_training_state
 from src.engine.loss import build_loss
 from src.engine.optim import build_optimizer, describe_param_groups, param_groups
 from src.engine.schedules import build_lr_schedule, total_iterations
@@ -300,8 +298,10 @@ class Trainer:
                 self.position = (f"epoch {epoch}/{self.epochs}, step {step}/{spe} (global step "
                                  f"{state.global_step}/{total})")
                 pending.append((loss, overflow))
-                at_checkpoint = (cfg.save_checkpoint_steps and state.global_step % cfg.save_checkpoint_steps == 0) \
-                    or (self.by_iters and (state.global_step % cfg.eval_interval == 0))
+                # read back before a checkpoint or evaluation: a diverged run stops first
+                g = state.global_step
+                at_checkpoint = ((cfg.save_checkpoint_steps and g % cfg.save_checkpoint_steps == 0)
+                                 or (self.by_iters and g % cfg.eval_interval == 0))
                 if step % interval == 0 or step == last_step or at_checkpoint:
                     loss_v, overflow_v = self._read_back(pending, totals)
                     now = time.time()

@@ -68,7 +68,8 @@ def test_max_iters_run_ends_mid_epoch_with_its_checkpoints(tmp_path):
 
     def step_cell(images, labels, lr):
         clock[0] += 1
-        return DeviceValue(0.5, reads, clock), DeviceValue(False, reads, clock), DeviceValue(1.0, reads, clock)
+        return (DeviceValue(0.5, reads, clock), DeviceValue(False, reads, clock),
+                DeviceValue(1.0, reads, clock))
 
     trainer.step_cell = step_cell
     state = trainer.fit()
@@ -178,7 +179,8 @@ def test_consecutive_overflowed_steps_stop_the_run_with_a_report(tmp_path):
                        r"of this run was written"):
         trainer.fit()
     # epoch 1: its two overflowed steps are left out of the mean (no "mean loss nan")
-    assert any(line.startswith("Epoch 1/2 done: mean loss 0.45, 2 overflowed step(s)") for line in lines), lines
+    assert any(line.startswith("Epoch 1/2 done: mean loss 0.45, 2 overflowed step(s)")
+               for line in lines), lines
 
 
 def test_sigterm_says_where_the_run_stopped_and_what_to_resume_from(tmp_path):
