@@ -267,10 +267,10 @@ class Trainer:
             raise TrainError("this dataset has no ShardSampler, so a resumed run cannot continue "
                              "its data order")
         total = self.total_iters
-        schedule = (f"{total} iterations (max_iters)" if self.by_iters
+        schedule = (f"{total} iterations (max_iters; {self.epochs} epochs)" if self.by_iters
                     else f"epochs {start_epoch + 1}..{self.epochs}")
-        self.log(f"training {cfg.model} {cfg.backbone}: {schedule}, {spe} steps per epoch "
-                 f"({self.epochs} epochs), batch {cfg.batch_size} x {self.group_size} device(s), "
+        self.log(f"training {cfg.model} {cfg.backbone}: {schedule}, {spe} steps per epoch, "
+                 f"batch {cfg.batch_size} x {self.group_size} device(s), "
                  f"amp {cfg.amp_level}, loss scale {cfg.loss_scale_type}, mode {cfg.mode}")
         iterator = self.data.create_tuple_iterator(num_epochs=self.epochs - start_epoch)
         interval = int(cfg.train_log_interval)
