@@ -61,7 +61,7 @@ def test_train_eval_infer_on_ade20k_layout(tmp_path, capsys):
 
     load_script("train.py").main(common + [
         "--load_ckpt=False", "--base_size=[64,128]", "--crop_size=[64,64]", "--batch_size=2",
-        "--epoch_size=1", "--warmup_iters=0", "--lr=1e-3", "--run_eval=False", "--train_log_interval=1",
+        "--epoch_size=1", "--max_iters=0", "--warmup_iters=0", "--lr=1e-3", "--run_eval=False", "--train_log_interval=1",
         "--save_checkpoint_epoch_interval=1", f"--checkpoint_path={ckpt_dir}"])
     train_log = open(os.path.join(out, "train.log")).read()
     losses = [float(x) for x in re.findall(r"^Epoch 1/1, step:1/1, loss:(\S+),", train_log, re.M)]

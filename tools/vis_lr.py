@@ -91,8 +91,9 @@ def plot_lr(curves, steps_per_epoch, warmup, out, title, window_size=(12.0, 7.0)
 def summary_lines(cfg, curves, steps_per_epoch, warmup):
     total = len(next(iter(curves.values())))
     points = sorted({1, min(warmup + 1, total), total // 2 + 1, total})   # 1-based iterations
-    lines = [f"schedule: {cfg.lr_schedule}, lr {cfg.lr:g}, min_lr {cfg.min_lr:g}, "
-             f"{cfg.epoch_size} epochs x {steps_per_epoch} iterations = {total} iterations, "
+    length = (f"max_iters {total} ({steps_per_epoch} iterations per epoch)" if cfg.max_iters else
+              f"{cfg.epoch_size} epochs x {steps_per_epoch} iterations = {total} iterations")
+    lines = [f"schedule: {cfg.lr_schedule}, lr {cfg.lr:g}, min_lr {cfg.min_lr:g}, {length}, "
              f"warmup {warmup} iterations (ratio {cfg.warmup_ratio:g})"]
     for label, values in curves.items():
         shown = ", ".join(f"it {i}: {values[i - 1]:.4e}" for i in points)

@@ -12,6 +12,11 @@ class ShardSampler:
     takes every ``num_shards``-th element. Shards are disjoint when num_samples divides
     evenly, and together always cover every sample. Yields ``epoch * num_samples + index``
     so the source knows the epoch (for the augmentation seed).
+
+    MindSpore iterates the sampler twice while building the dataset, so the count of
+    ``__iter__`` calls is not the training epoch: the trainer calls ``set_epoch`` before
+    iterating (also to resume). An epoch is always yielded whole: MindSpore checks that a
+    generator delivers ``len(sampler)`` samples per epoch.
     """
 
     def __init__(self, num_samples, num_shards=1, shard_id=0, shuffle=True, seed=0, pad=True):
@@ -20,6 +25,10 @@ class ShardSampler:
         self.num_samples, self.num_shards, self.shard_id = num_samples, num_shards, shard_id
         self.shuffle, self.seed, self.pad = shuffle, seed, pad
         self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """The next ``__iter__`` yields epoch ``epoch``, the following ones the next epochs."""
+        self.epoch = int(epoch)
 
     def indices(self, epoch):
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
@@ -37,6 +46,20 @@ class ShardSampler:
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
         return iter((epoch * self.num_samples + self.indices(epoch)).tolist())
+
+
+def find_shard_sampler(dataset):
+    """The ``ShardSampler`` feeding a ``mindspore.dataset`` pipeline (None: there is none).
+    MindSpore wraps a Python sampler into an ``IterSampler`` that keeps it as ``.sampler``."""
+    pending = [dataset]
+    while pending:
+        node = pending.pop()
+        wrapper = getattr(node, "sampler", None)
+        for candidate in (wrapper, getattr(wrapper, "sampler", None)):
+            if isinstance(candidate, ShardSampler):
+                return candidate
+        pending.extend(getattr(node, "children", None) or [])
+    return None
 
 
 def generator_kwargs(cfg):

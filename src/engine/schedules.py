@@ -1,8 +1,8 @@
 """Learning-rate schedules, one value per training iteration.
 
 ``build_lr_schedule(cfg, steps_per_epoch)`` returns a float32 array ``lr[i]`` = base learning
-rate of iteration ``i`` (0-based, ``epoch_size * steps_per_epoch`` entries). Parameter groups
-scale it by their multiplier (``paramwise`` ``lr_mult``, see ``optim.py``), so the
+rate of iteration ``i`` (0-based, ``max_iters`` or ``epoch_size * steps_per_epoch`` entries).
+Parameter groups scale it by their multiplier (``paramwise`` ``lr_mult``, see ``optim.py``), so the
 array is what ``tools/vis_lr.py`` plots and what a resumed run indexes with its step counter.
 
 Schedules (``lr_schedule``):
@@ -50,8 +50,15 @@ def _check(cfg, steps_per_epoch):
     if int(steps_per_epoch) <= 0:
         raise ScheduleError(f"steps_per_epoch must be > 0, got {steps_per_epoch} (empty dataset "
                             f"or batch_size larger than the dataset with drop_remainder?)")
-    if int(cfg.epoch_size) <= 0:
-        raise ScheduleError(f"config key 'epoch_size': must be > 0, got {cfg.epoch_size}")
+    if int(cfg.max_iters) < 0:
+        raise ScheduleError(f"config key 'max_iters': must be >= 0 (0: schedule by epoch_size), "
+                            f"got {cfg.max_iters}")
+    if int(cfg.max_iters) > 0 and int(cfg.epoch_size) > 0:
+        raise ScheduleError(f"config keys 'epoch_size'={cfg.epoch_size} and 'max_iters'="
+                            f"{cfg.max_iters} are both set; set one of them (the other to 0)")
+    if int(cfg.max_iters) == 0 and int(cfg.epoch_size) <= 0:
+        raise ScheduleError(f"config key 'epoch_size': must be > 0 (or set max_iters), got "
+                            f"{cfg.epoch_size}")
     if float(cfg.lr) <= 0:
         raise ScheduleError(f"config key 'lr': must be > 0, got {cfg.lr}")
     if not 0 <= float(cfg.min_lr) <= float(cfg.lr):
@@ -79,9 +86,14 @@ def lr_at(cfg, step, total_steps, warmup_steps):
     return regular
 
 
-def build_lr_schedule(cfg, steps_per_epoch):
-    """Per-iteration base learning rates, ``np.float32[epoch_size * steps_per_epoch]``."""
+def total_iterations(cfg, steps_per_epoch):
+    """Iterations of the run: ``max_iters`` when set, else ``epoch_size * steps_per_epoch``."""
     _check(cfg, steps_per_epoch)
-    total = int(cfg.epoch_size) * int(steps_per_epoch)
+    return int(cfg.max_iters) or int(cfg.epoch_size) * int(steps_per_epoch)
+
+
+def build_lr_schedule(cfg, steps_per_epoch):
+    """Per-iteration base learning rates, ``np.float32[total_iterations]``."""
+    total = total_iterations(cfg, steps_per_epoch)
     warmup = warmup_iterations(cfg, steps_per_epoch)  # may exceed a short run: then all warmup
     return np.array([lr_at(cfg, i, total, warmup) for i in range(total)], dtype=np.float32)

@@ -146,12 +146,16 @@ DEFAULTS = {
     "warmup_epochs": 0,
     "warmup_ratio": 1.0e-6,
     "clip_grad_norm": 0.0,           # global-norm clipping (0: off)
-    "epoch_size": 200,
+    "epoch_size": 200,               # 0 when scheduling by max_iters
+    "max_iters": 0,                  # > 0: train this many iterations (epoch_size 0); eval_interval in iterations
 
     # ---- logging and checkpoints ---------------------------------------------------
     "train_log_interval": 100,
     "save_checkpoint": True,
     "save_checkpoint_epoch_interval": 1,
+    "save_checkpoint_steps": 0,      # > 0: also a checkpoint every this many iterations
+    "overwrite_checkpoints": False,  # True: a new run deletes the checkpoints of an earlier one
+    "max_consecutive_overflow_steps": 100,  # stop after this many non-finite steps in a row
     "save_best_ckpt": True,
     "keep_checkpoint_max": 10,
     "checkpoint_path": "./checkpoint/",

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from src.data import create_dataset, list_samples
+from src.data.sampling import find_shard_sampler
 from src.utils.config import load_config
 from tests.distributed.launch_utils import REPO, free_port, log_tails, python_env
 
@@ -71,6 +72,7 @@ def visit_order(cfg, rank_id, group_size):
     label_files = [cv2.imread(label, cv2.IMREAD_UNCHANGED) for _, label in list_samples(cfg, "train")]
     data = create_dataset(cfg, "train", rank_id, group_size)
     data.get_dataset_size()
+    find_shard_sampler(data).set_epoch(0)  # as the trainer does before its first epoch
     order = []
     for _, labels in data.create_tuple_iterator(num_epochs=1):
         for label in labels.asnumpy():

@@ -11,9 +11,9 @@ from PIL import Image
 
 from src.engine.amp import build_loss_scaler
 from src.engine.optim import build_optimizer
-from src.engine.trainer import (TrainError, TrainState, Trainer, check_train_config,
-                                find_resume_checkpoint, restore_training_state, train,
-                                training_state_dict)
+from src.engine.checkpoints import (TrainState, find_resume_checkpoint, restore_training_state,
+                                    training_state_dict)
+from src.engine.trainer import TrainError, Trainer, check_train_config, train
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger

@@ -27,7 +27,7 @@ tool = load_tool("vis_lr")
 
 def test_segformer_poly_warmup_and_head_multiplier():
     cfg = load_config(os.path.join(ROOT, "config", "segformer.b0.1024x1024.city.yaml"),
-                      ["--epoch_size=3", "--warmup_iters=4", "--poly_power=0.9", "--min_lr=1e-6"])
+                      ["--epoch_size=3", "--max_iters=0", "--warmup_iters=4", "--poly_power=0.9", "--min_lr=1e-6"])
     curves, warmup = tool.lr_curves(cfg, steps_per_epoch=5)
     assert warmup == 4 and set(curves) == {"default (x1)", "custom_keys.head (x10)"}
 
