@@ -207,6 +207,7 @@ class CheckpointManager:
         self.lock_path = os.path.join(self.directory, LOCK_NAME)
         self.last_saved = None
         self._locked = False
+        self._created = []  # folders open() made, innermost first: close() removes them if empty
 
     # -- the directory -------------------------------------------------------------------
     def own_files(self):
@@ -244,6 +245,10 @@ class CheckpointManager:
     def open(self, resuming):
         if not self.enabled:  # a run that writes no checkpoint cannot overwrite any
             return
+        folder = os.path.abspath(self.directory)
+        while not os.path.exists(folder):
+            self._created.append(folder)
+            folder = os.path.dirname(folder)
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as err:
@@ -272,6 +277,13 @@ class CheckpointManager:
                 os.remove(self.lock_path)
             except FileNotFoundError:
                 pass
+        # a run that stopped before its first checkpoint leaves no trace of its directory
+        for folder in self._created:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (a checkpoint was written) or already gone
+                break
+        self._created = []
 
     # -- saving --------------------------------------------------------------------------
     def save(self, name, net, optimizer, loss_scaler, state, steps_per_epoch):

@@ -33,7 +33,7 @@ STEPS = 3
 TOTAL_ITERS = 5   # the schedule's length (epoch_size 1 x 5 steps): poly decays visibly
 NO_RANDOMNESS = ["--device_target=CPU", "--mode=PYNATIVE", "--amp_level=O0",
                  "--loss_scale_type=none", "--drop_path_rate=0", "--decoder_dropout=0",
-                 "--load_ckpt=False", "--sync_bn=False", "--epoch_size=1"]
+                 "--load_ckpt=False", "--sync_bn=False", "--epoch_size=1", "--max_iters=0"]
 
 
 def mmcv_poly_lr(base_lr, i, total, power, min_lr, warmup, ratio):
