@@ -55,17 +55,22 @@ def _mult(value, key):
     return float(value)
 
 
+def _check_mapping(value, where, allowed):
+    """``value`` is a mapping whose keys are among ``allowed``; else an OptimizerError."""
+    if not isinstance(value, dict):
+        raise OptimizerError(f"config key '{where}': expected a mapping with keys "
+                             f"{list(allowed)}, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise OptimizerError(f"config key '{where}.{unknown[0]}': unknown, expected one of "
+                             f"{list(allowed)}")
+
+
 def check_paramwise(cfg):
     """The ``paramwise`` config as ``(custom_keys in match order, bias_decay_mult,
     norm_decay_mult)``; ``custom_keys`` maps each key to ``(lr_mult, decay_mult)``."""
     paramwise = cfg.paramwise
-    if not isinstance(paramwise, dict):
-        raise OptimizerError(f"config key 'paramwise': expected a mapping with keys "
-                             f"{list(PARAMWISE_KEYS)}, got {paramwise!r}")
-    unknown = sorted(set(paramwise) - set(PARAMWISE_KEYS))
-    if unknown:
-        raise OptimizerError(f"config key 'paramwise.{unknown[0]}': unknown, expected one of "
-                             f"{list(PARAMWISE_KEYS)}")
+    _check_mapping(paramwise, "paramwise", PARAMWISE_KEYS)
     custom = paramwise.get("custom_keys") or {}
     if not isinstance(custom, dict):
         raise OptimizerError(f"config key 'paramwise.custom_keys': expected a mapping "
@@ -78,13 +83,7 @@ def check_paramwise(cfg):
         if not isinstance(key, str) or not key:
             raise OptimizerError(f"config key 'paramwise.custom_keys': keys must be non-empty "
                                  f"parameter-name substrings, got {key!r}")
-        if not isinstance(spec, dict):
-            raise OptimizerError(f"config key '{where}': expected a mapping with keys "
-                                 f"{list(CUSTOM_KEY_FIELDS)}, got {spec!r}")
-        bad = sorted(set(spec) - set(CUSTOM_KEY_FIELDS))
-        if bad:
-            raise OptimizerError(f"config key '{where}.{bad[0]}': unknown, expected one of "
-                                 f"{list(CUSTOM_KEY_FIELDS)}")
+        _check_mapping(spec, where, CUSTOM_KEY_FIELDS)
         rules[key] = tuple(_mult(spec.get(f, 1.0), f"{where}.{f}") for f in CUSTOM_KEY_FIELDS)
     return (rules, _mult(paramwise.get("bias_decay_mult", 1.0), "paramwise.bias_decay_mult"),
             _mult(paramwise.get("norm_decay_mult", 1.0), "paramwise.norm_decay_mult"))
