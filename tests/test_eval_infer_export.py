@@ -103,6 +103,16 @@ class QuarterResolutionNet(nn.Cell):
         return self.b(ms.ops.tanh(self.a(x)))
 
 
+def export_quarter_resolution_mindir(path_stem, seed):
+    """A QuarterResolutionNet of ``seed`` exported as a dynamic-H/W MINDIR; its path."""
+    ms.set_seed(seed)
+    net = QuarterResolutionNet()
+    net.set_train(False)
+    ms.export(net, ms.Tensor(shape=[1, 3, None, None], dtype=ms.float32),
+              file_name=str(path_stem), file_format="MINDIR")
+    return f"{path_stem}.mindir"
+
+
 def test_eval_miou_equals_cityscapesscripts(demo, tmp_path, monkeypatch):
     """evaluate_segmentation (slide, two scales, flip; full-resolution trainId labels) gives
     the mIoU that cityscapesscripts computes from the same predictions, written as labelIds

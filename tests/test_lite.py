@@ -19,7 +19,7 @@ from mindspore import nn
 from PIL import Image
 
 from src.engine.networks import mindir_input_shape
-from tests.test_eval_infer_export import (B0_DEMO, REPO, QuarterResolutionNet,  # noqa: F401
+from tests.test_eval_infer_export import (B0_DEMO, REPO, export_quarter_resolution_mindir,  # noqa: F401
                                           demo, load_tool, no_runtime_setup, run_main)
 
 SCRIPT = os.path.join(REPO, "scripts", "run_infer_lite.sh")
@@ -81,12 +81,7 @@ def tiny_mindir(tmp_path_factory):
     """A 19-class net with SegFormer's 1/4 output, exported with a dynamic H/W under the
     name export.py gives a segformer.b0.demo.yaml export."""
     tmp = tmp_path_factory.mktemp("lite")
-    ms.set_seed(5)
-    net = QuarterResolutionNet()
-    net.set_train(False)
-    ms.export(net, ms.Tensor(shape=[1, 3, None, None], dtype=ms.float32),
-              file_name=str(tmp / "segformer.b0.demo"), file_format="MINDIR")
-    return str(tmp / "segformer.b0.demo.mindir")
+    return export_quarter_resolution_mindir(tmp / "segformer.b0.demo", seed=5)
 
 
 def test_lite_runner_writes_infer_pys_pngs(demo, tiny_mindir, tmp_path, capsys, monkeypatch,

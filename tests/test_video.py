@@ -11,7 +11,7 @@ from PIL import Image
 from src.apis import inference_model, init_model
 from src.data.cityscapes import PALETTE as CITYSCAPES_PALETTE
 from src.utils.palette import color_image, overlap_image
-from tests.test_eval_infer_export import (B0_DEMO, QuarterResolutionNet,  # noqa: F401  (fixtures)
+from tests.test_eval_infer_export import (B0_DEMO, export_quarter_resolution_mindir,  # noqa: F401  (fixtures)
                                           demo, load_tool, no_runtime_setup, run_main)
 
 ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -21,11 +21,7 @@ ms.set_context(mode=ms.PYNATIVE_MODE)
 def tiny(tmp_path_factory, demo):
     """A small 19-class net as a dynamic MINDIR, and a 3-frame MJPG video of demo scenes."""
     tmp = tmp_path_factory.mktemp("video")
-    ms.set_seed(6)
-    net = QuarterResolutionNet()
-    net.set_train(False)
-    ms.export(net, ms.Tensor(shape=[1, 3, None, None], dtype=ms.float32),
-              file_name=str(tmp / "tiny"), file_format="MINDIR")
+    mindir = export_quarter_resolution_mindir(tmp / "tiny", seed=6)
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in
               sorted((demo["root"] / "city" / "leftImg8bit" / "val").rglob("*.png"))]
     video = str(tmp / "drive.avi")
@@ -33,7 +29,7 @@ def tiny(tmp_path_factory, demo):
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    return {"mindir": str(tmp / "tiny.mindir"), "video": video, "frames": frames}
+    return {"mindir": mindir, "video": video, "frames": frames}
 
 
 def read_video(path):
