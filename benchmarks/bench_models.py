@@ -154,7 +154,8 @@ def ms_case(case, mode, threads, warmup, repeats):
         cfg = ms_cfg("segformer", mode, ["--optimizer=adamw"])
         net = build_model(cfg)
         net.set_train(True)
-        step = TrainStep(net, build_loss(cfg), build_optimizer(net, cfg), build_loss_scaler(cfg))
+        step = TrainStep(net, build_loss(cfg), build_optimizer(net, cfg), build_loss_scaler(cfg),
+                         device_target="CPU")
         images, labels = ms.Tensor(x), ms.Tensor(make_labels(shape))
         lr = ms.Tensor(6e-5, ms.float32)
         fn = lambda: step(images, labels, lr)[0].asnumpy()  # noqa: E731

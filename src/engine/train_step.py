@@ -20,6 +20,7 @@ accumulates until cleared, so there it is cleared before the forward/backward (a
 is no register (``NPUClearFloatStatusV2`` has no CPU kernel) and nothing is cleared.
 """
 import os
+from typing import NamedTuple
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -29,10 +30,10 @@ from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 from src.utils.device import ReleasesCompileMemory
 
 
-def uses_float_status_register():
-    """Whether ``ms.amp.all_finite`` reads the NPU float-status register on this device: the
-    condition of MindSpore 2.10's ``amp._all_finite``."""
-    if ms.get_context("device_target") != "Ascend":
+def uses_float_status_register(device_target):
+    """Whether ``ms.amp.all_finite`` reads the NPU float-status register on ``device_target``
+    (the run's ``cfg.device_target``): the condition of MindSpore 2.10's ``amp._all_finite``."""
+    if device_target != "Ascend":
         return False
     from mindspore._c_expression import MSContext
     soc = MSContext.get_instance()
@@ -77,7 +78,7 @@ class TrainStep(ReleasesCompileMemory):
     """
 
     def __init__(self, net, loss_fn, optimizer, loss_scaler, clip_grad_norm=0.0,
-                 grad_reducer=None):
+                 grad_reducer=None, *, device_target):
         super().__init__(auto_prefix=False)
         self.net_with_loss = NetWithLoss(net, loss_fn)
         self.optimizer = optimizer
@@ -88,7 +89,7 @@ class TrainStep(ReleasesCompileMemory):
         self.grad_fn = ms.value_and_grad(self.net_with_loss, None, self.weights)
         self.distributed = grad_reducer is not None
         self.overflow_sum = ops.AllReduce() if self.distributed else None
-        self.clear_float_status = uses_float_status_register()
+        self.clear_float_status = uses_float_status_register(device_target)
         self.clear_status_op = NPUClearFloatStatusV2() if self.clear_float_status else None
 
     def construct(self, images, labels, lr):
@@ -110,3 +111,83 @@ class TrainStep(ReleasesCompileMemory):
             self.optimizer(grads, lr)
         self.loss_scaler.adjust(finite)
         return scaled_loss / scale, ops.logical_not(finite), scale
+
+
+class ScheduledTrainStep(ReleasesCompileMemory):
+    """``TrainStep`` driven by its own iteration counter: ``step(images, labels)`` runs
+    iteration ``global_step`` at ``lr_schedule[global_step]`` and keeps running tallies on
+    the device, so that nothing per step has to cross to the host. The trainer reads the
+    tallies once per log line (``read_tallies``); with data sinking (``ms.data_sink``) the
+    device runs several steps per call and returns only the last one's outputs, so the
+    tallies are what it can read at all.
+
+    Tallies since the last read: sum of the losses of the steps that updated (an
+    overflowed step's loss may be inf/NaN), how many updated, how many overflowed, and the
+    longest run of consecutive overflowed steps (a run may have started before the read);
+    plus the last step's loss and overflow flag.
+    """
+
+    def __init__(self, train_step, lr_schedule):
+        super().__init__(auto_prefix=False)
+        self.train_step = train_step
+        self.loss_scaler = train_step.loss_scaler
+        i32, f32 = mstype.int32, mstype.float32
+        self.lr_schedule = ms.Parameter(Tensor(lr_schedule, f32), "tally.lr_schedule",
+                                        requires_grad=False)
+        self.global_step = ms.Parameter(Tensor(0, i32), "tally.global_step", requires_grad=False)
+        self.loss_sum = ms.Parameter(Tensor(0.0, f32), "tally.loss_sum", requires_grad=False)
+        self.updated = ms.Parameter(Tensor(0, i32), "tally.updated", requires_grad=False)
+        self.overflowed = ms.Parameter(Tensor(0, i32), "tally.overflowed", requires_grad=False)
+        self.consecutive = ms.Parameter(Tensor(0, i32), "tally.consecutive", requires_grad=False)
+        self.longest_run = ms.Parameter(Tensor(0, i32), "tally.longest_run", requires_grad=False)
+        self.last_loss = ms.Parameter(Tensor(0.0, f32), "tally.last_loss", requires_grad=False)
+        self.last_overflow = ms.Parameter(Tensor(0, i32), "tally.last_overflow",
+                                          requires_grad=False)
+        self.last_scale = ms.Parameter(Tensor(0.0, f32), "tally.last_scale", requires_grad=False)
+
+    def construct(self, images, labels):
+        lr = ops.gather(self.lr_schedule, self.global_step, 0)
+        loss, overflow, scale = self.train_step(images, labels, lr)
+        skipped = ops.cast(overflow, mstype.int32)
+        kept = 1 - skipped
+        ops.assign_add(self.global_step, Tensor(1, mstype.int32))
+        # select, not multiply: an overflowed step's loss may be inf/NaN
+        ops.assign_add(self.loss_sum, ops.select(overflow, ops.zeros_like(loss), loss))
+        ops.assign_add(self.updated, kept)
+        ops.assign_add(self.overflowed, skipped)
+        run = (self.consecutive + 1) * skipped
+        ops.assign(self.consecutive, run)
+        ops.assign(self.longest_run, ops.maximum(self.longest_run, run))
+        ops.assign(self.last_loss, loss)
+        ops.assign(self.last_overflow, skipped)
+        ops.assign(self.last_scale, scale)
+        return loss, overflow, scale
+
+    def start_at(self, global_step):
+        """Continue at iteration ``global_step`` (a resumed run)."""
+        self.global_step.set_data(Tensor(int(global_step), mstype.int32))
+
+    def read_tallies(self):
+        """The tallies since the last read (one wait for the device), then zero them; the
+        current run of overflowed steps carries over into the next read's longest run."""
+        names = ("loss_sum", "updated", "overflowed", "longest_run", "last_loss", "last_overflow",
+                 "last_scale", "consecutive")
+        values = {name: getattr(self, name).asnumpy().item() for name in names}
+        for name in ("loss_sum", "updated", "overflowed"):
+            param = getattr(self, name)
+            param.set_data(ops.zeros_like(param))
+        self.longest_run.set_data(Tensor(values["consecutive"], mstype.int32))
+        return Tallies(values["loss_sum"], values["updated"], values["overflowed"],
+                       values["longest_run"], values["last_loss"], bool(values["last_overflow"]),
+                       values["last_scale"])
+
+
+class Tallies(NamedTuple):
+    """What ``ScheduledTrainStep.read_tallies`` returns (see there)."""
+    loss_sum: float
+    updated: int
+    overflowed: int
+    longest_overflow_run: int
+    last_loss: float
+    last_overflow: bool
+    last_scale: float      # the loss scale the last step ran with

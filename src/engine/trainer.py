@@ -35,11 +35,12 @@ from src.engine.checkpoints import CheckpointManager, TrainError, TrainState, re
 from src.engine.loss import build_loss
 from src.engine.optim import build_optimizer, describe_param_groups, param_groups
 from src.engine.schedules import build_lr_schedule, total_iterations
-from src.engine.train_step import TrainStep, set_gradient_fusion
+from src.engine.train_step import ScheduledTrainStep, TrainStep, set_gradient_fusion
 from src.models import is_segmentation
 from src.utils.checkpoint import load_checkpoint
 
 RANK_SAVE_CKPT = ("rank0", "all")
+SINK_DEVICES = ("Ascend", "GPU")      # where ms.data_sink runs (MindSpore 2.10 refuses CPU)
 
 
 class TrainInterrupted(TrainError):
@@ -85,7 +86,11 @@ def check_train_config(cfg):
                          f"are both set; schedule by one of them (set the other to 0)")
     if cfg.max_iters == 0 and cfg.epoch_size == 0:
         raise TrainError("config keys 'epoch_size' and 'max_iters' are both 0; set one of them")
-    for key in ("overwrite_checkpoints", "auto_resume"):
+    if isinstance(cfg.sink_size, bool) or not isinstance(cfg.sink_size, int) or (
+            cfg.sink_size != -1 and cfg.sink_size < 1):
+        raise TrainError(f"config key 'sink_size': expected -1 (the largest that fits) or an "
+                         f"integer >= 1, got {cfg.sink_size!r}")
+    for key in ("overwrite_checkpoints", "auto_resume", "dataset_sink_mode"):
         if not isinstance(cfg[key], bool):
             raise TrainError(f"config key '{key}': expected True or False, got {cfg[key]!r}")
     split = cfg.grad_fusion_split
@@ -97,6 +102,37 @@ def check_train_config(cfg):
         raise TrainError(f"config key 'clip_grad_norm': must be >= 0 (0: off), got {cfg.clip_grad_norm}")
     if cfg.resume_ckpt and not os.path.isfile(cfg.resume_ckpt):
         raise TrainError(f"config key 'resume_ckpt': no such file: {cfg.resume_ckpt}")
+
+
+def sink_plan(cfg, steps_per_epoch, total_iters):
+    """``(sink_size, log line)``: the steps per device call when sinking data
+    (``ms.data_sink``, Ascend/GPU), 0 when stepping batch by batch.
+
+    Checkpoints, evaluation and epoch ends happen between device calls, so the sink size
+    must divide the steps per epoch and every such interval; ``sink_size: -1`` takes the
+    largest that does (the zoo's default, one sink per epoch, when nothing else interferes).
+    """
+    if not cfg.dataset_sink_mode:
+        return 0, "dataset sink: off (dataset_sink_mode False), one device call per step"
+    if cfg.device_target not in SINK_DEVICES:
+        return 0, (f"dataset sink: MindSpore sinks data on {' and '.join(SINK_DEVICES)} only; on "
+                   f"{cfg.device_target} one device call per step")
+    intervals = {"the steps per epoch": steps_per_epoch}
+    if cfg.save_checkpoint_steps:
+        intervals["save_checkpoint_steps"] = int(cfg.save_checkpoint_steps)
+    if int(cfg.max_iters) > 0:
+        intervals["eval_interval"] = int(cfg.eval_interval)
+        intervals["max_iters"] = total_iters
+    largest = math.gcd(*intervals.values())
+    listed = ", ".join(f"{key} ({value})" for key, value in intervals.items())
+    size = largest if cfg.sink_size == -1 else int(cfg.sink_size)
+    if any(value % size for value in intervals.values()):
+        raise TrainError(f"config key 'sink_size'={size} must divide {listed}: a sink runs that "
+                         f"many steps in one device call, and checkpoints, evaluation and epoch "
+                         f"ends happen between calls (sink_size -1 picks the largest that does: "
+                         f"{largest})")
+    return size, (f"dataset sink: {size} steps per device call (sink_size {cfg.sink_size}; "
+                  f"divides {listed}); log lines and overflow checks between calls")
 
 
 # ---------------------------------------------------------------------------- driver --
@@ -137,10 +173,14 @@ class Trainer:
                 f"(grad_fusion_split {list(cfg.grad_fusion_split)})")
             reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True,
                                                 degree=group_size)
-        self.step_cell = TrainStep(self.train_net, build_loss(cfg), self.optimizer,
-                                   self.loss_scaler, cfg.clip_grad_norm, reducer)
+        train_step = TrainStep(self.train_net, build_loss(cfg), self.optimizer, self.loss_scaler,
+                               cfg.clip_grad_norm, reducer, device_target=cfg.device_target)
+        self.step_cell = ScheduledTrainStep(train_step, self.lr_schedule)
         self.step_cell.set_train(True)
-        self.consecutive_overflows = 0
+        self.sink_size, self.sink_note = sink_plan(cfg, self.steps_per_epoch, self.total_iters)
+        self.jit_config = (ms.JitConfig(jit_level=cfg.jit_level)
+                           if str(cfg.mode).upper() == "GRAPH" else None)
+        self._sink = self._iterator = None
         self.position = ""          # "epoch E/N, step S/M (global step G)" of the last step
 
     # -- resume ------------------------------------------------------------------------
@@ -218,28 +258,28 @@ class Trainer:
             self.save(self.checkpoints.iter_name(step))
             self.checkpoints.prune("iter_")
 
-    def _read_back(self, pending, totals):
-        """Read the pending (loss, overflow) flags; count overflowed steps and stop after
-        ``max_consecutive_overflow_steps`` in a row. Returns the last (loss, overflow)."""
-        loss = overflow = None
-        for loss, overflow in pending:
-            loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
-            if overflow:
-                totals["overflows"] += 1
-                self.state.overflow_steps += 1
-                self.consecutive_overflows += 1
-            else:
-                totals["losses"].append(loss)
-                self.consecutive_overflows = 0
+    def _read_back(self, totals, steps):
+        """Read the step cell's tallies (the one wait for the device per log line or sink), add
+        them to the epoch's ``totals`` and stop after ``max_consecutive_overflow_steps``
+        overflowed steps in a row. ``steps``: how many ran since the last read. Returns the
+        tallies."""
+        tallies = self.step_cell.read_tallies()
+        if tallies.updated + tallies.overflowed != steps:
+            raise RuntimeError(f"the step cell counted {tallies.updated} + {tallies.overflowed} "
+                               f"steps since the last read, the trainer ran {steps}")
+        totals["loss_sum"] += tallies.loss_sum
+        totals["updated"] += tallies.updated
+        totals["overflows"] += tallies.overflowed
+        self.state.overflow_steps += tallies.overflowed
         limit = int(self.cfg.max_consecutive_overflow_steps)
-        if self.consecutive_overflows >= limit:
+        if tallies.longest_overflow_run >= limit:
             raise TrainError(
-                f"stopped at {self.position}: {self.consecutive_overflows} consecutive steps had "
+                f"stopped at {self.position}: {tallies.longest_overflow_run} consecutive steps had "
                 f"non-finite (inf/NaN) gradients and were skipped (max_consecutive_overflow_steps="
                 f"{limit}; {self.state.overflow_steps} overflowed steps in all, loss scale now "
                 f"{float(self.loss_scaler.scale_value.asnumpy())}): the run diverged; lower --lr, "
                 f"check the data, or use a dynamic loss scale{self.checkpoints.resume_hint()}")
-        return loss, overflow
+        return tallies
 
     def fit(self):
         """Train to the end; SIGINT/SIGTERM stop after the current step with a TrainInterrupted
@@ -256,6 +296,39 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _run_steps(self, epoch, first, last_step, sampler):
+        """Train steps ``first``..``last_step`` of ``epoch``; yields the epoch's step number after
+        each device call: every step, or every ``sink_size`` steps when sinking. A resumed
+        epoch that starts in its middle runs step by step (a sink cannot skip batches)."""
+        if self.sink_size and first == 1:
+            if self._sink is None:
+                if sampler is not None:
+                    sampler.set_epoch(epoch - 1)
+                self._sink = ms.data_sink(self.step_cell, self.data, sink_size=self.sink_size,
+                                          jit_config=self.jit_config)
+            for step in range(self.sink_size, last_step + 1, self.sink_size):
+                self._sink()   # its return value is the last step's only: tallies say the rest
+                yield step
+            return
+        if self._iterator is None:
+            # sinking resumes at the next epoch: this iterator reads the resumed one only
+            epochs = 1 if self.sink_size else self.epochs - epoch + 1
+            self._iterator = self.data.create_tuple_iterator(num_epochs=epochs)
+        if first > 1:
+            self.log(f"reading {first - 1} batch(es) of epoch {epoch} without training, to "
+                     f"continue at its step {first}")
+        for step, (images, labels) in enumerate(self._iterator, start=1):
+            if step < first:
+                # the batches this epoch trained on before the resume: MindSpore wants an
+                # epoch read whole, and skipping them keeps the later batches in place
+                continue
+            self.step_cell(images, labels)
+            yield step
+            if step == last_step < self.steps_per_epoch:
+                # the partial last epoch of a max_iters run (leaving an epoch early is only
+                # safe at the end: the next epoch would start at its end marker)
+                return
+
     def _fit(self):
         cfg, state = self.cfg, self.state
         spe = self.steps_per_epoch
@@ -266,62 +339,48 @@ class Trainer:
         elif state.global_step:
             raise TrainError("this dataset has no ShardSampler, so a resumed run cannot continue "
                              "its data order")
+        self.step_cell.start_at(state.global_step)
         total = self.total_iters
         schedule = (f"{total} iterations (max_iters; {self.epochs} epochs)" if self.by_iters
                     else f"epochs {start_epoch + 1}..{self.epochs}")
         self.log(f"training {cfg.model} {cfg.backbone}: {schedule}, {spe} steps per epoch, "
                  f"batch {cfg.batch_size} x {self.group_size} device(s), "
                  f"amp {cfg.amp_level}, loss scale {cfg.loss_scale_type}, mode {cfg.mode}")
-        iterator = self.data.create_tuple_iterator(num_epochs=self.epochs - start_epoch)
+        self.log(self.sink_note)
         interval = int(cfg.train_log_interval)
         for epoch in range(start_epoch + 1, self.epochs + 1):
             self.net.set_train(True)
             epoch_start = last_time = time.time()
-            totals = {"losses": [], "overflows": 0}
+            totals = {"loss_sum": 0.0, "updated": 0, "overflows": 0}
             first = skip + 1 if epoch == start_epoch + 1 else 1
             last_step = min(spe, total - (epoch - 1) * spe)
-            step = first - 1
-            # (loss, overflow) of the steps since the last log line, left on the device: the
-            # host waits for the device once per log line, not after every step
-            pending = []
-            if first > 1:
-                self.log(f"reading {first - 1} batch(es) of epoch {epoch} without training, to "
-                         f"continue at its step {first}")
-            for step, (images, labels) in enumerate(iterator, start=1):
-                if step < first:
-                    # the batches this epoch trained on before the resume: MindSpore wants an
-                    # epoch read whole, and skipping them keeps the later batches in place
-                    continue
-                lr = self.lr_schedule[state.global_step]
-                loss, overflow, scale = self.step_cell(images, labels, ms.Tensor(lr, ms.float32))
-                state.global_step += 1
+            step = previous = logged = first - 1
+            for step in self._run_steps(epoch, first, last_step, sampler):
+                state.global_step = g = (epoch - 1) * spe + step
                 self.position = (f"epoch {epoch}/{self.epochs}, step {step}/{spe} (global step "
-                                 f"{state.global_step}/{total})")
-                pending.append((loss, overflow))
+                                 f"{g}/{total})")
                 # read back before a checkpoint or evaluation: a diverged run stops first
-                g = state.global_step
                 at_checkpoint = ((cfg.save_checkpoint_steps and g % cfg.save_checkpoint_steps == 0)
                                  or (self.by_iters and g % cfg.eval_interval == 0))
-                if step % interval == 0 or step == last_step or at_checkpoint:
-                    loss_v, overflow_v = self._read_back(pending, totals)
+                crossed_log_point = step // interval != previous // interval
+                if crossed_log_point or step == last_step or at_checkpoint:
+                    tallies = self._read_back(totals, step - logged)
                     now = time.time()
-                    step_s = (now - last_time) / len(pending)
-                    eta = step_s * (total - state.global_step)
-                    self.log(format_step_line(epoch, self.epochs, step, spe, loss_v, overflow_v,
-                                              float(scale.asnumpy()), step_s * 1000, lr, eta))
-                    last_time, pending = now, []
+                    step_s = (now - last_time) / (step - logged)
+                    eta = step_s * (total - g)
+                    self.log(format_step_line(epoch, self.epochs, step, spe, tallies.last_loss,
+                                              tallies.last_overflow, tallies.last_scale,
+                                              step_s * 1000, float(self.lr_schedule[g - 1]), eta))
+                    last_time, logged = now, step
                 if step == spe:
                     state.epoch = epoch
                 self._after_step()
-                if step == last_step < spe:
-                    # the partial last epoch of a max_iters run (leaving an epoch early is
-                    # only safe at the end: the next epoch would start at its end marker)
-                    break
+                previous = step
             if step != last_step:
                 raise TrainError(f"epoch {epoch} had {step} steps, the dataset announced {spe}")
-            losses = totals["losses"]
             # overflowed steps are left out of the mean: their loss may be inf/NaN
-            mean = f"{float(np.mean(losses)):.8g}" if losses else "n/a (every step overflowed)"
+            mean = (f"{totals['loss_sum'] / totals['updated']:.8g}" if totals["updated"]
+                    else "n/a (every step overflowed)")
             self.log(f"Epoch {epoch}/{self.epochs} done: mean loss {mean}, "
                      f"{totals['overflows']} overflowed step(s) skipped ({state.overflow_steps} in "
                      f"all), epoch cost {time.time() - epoch_start:.1f}s")

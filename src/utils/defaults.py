@@ -39,6 +39,8 @@ DEFAULTS = {
     "mode": "GRAPH",                 # GRAPH | PYNATIVE
     "kernel_backend": "auto",        # auto | reference | cpu (src/models/backends; export
                                      # always builds reference)
+    "jit_level": "",                 # GRAPH compile level: "" (MindSpore's choice per device),
+                                     # O0 (kernel by kernel), O1 (+ automatic operator fusion)
     "seed": 1,
     "output_dir": "./output/",       # train.log and run artefacts go here
 
@@ -50,6 +52,10 @@ DEFAULTS = {
                                      # (in order) where a new fused gradient all-reduce starts,
                                      # so the head's overlaps the backbone's backward (the
                                      # zoo ViT's split_point); [] = one all-reduce for all
+    "dataset_sink_mode": True,       # Ascend/GPU: feed batches through the device queue and run
+    "sink_size": -1,                 # this many steps per device call (-1: the largest that
+                                     # divides the epoch and the checkpoint/eval intervals);
+                                     # ignored on CPU, where MindSpore cannot sink
 
     # ---- mixed precision -----------------------------------------------------------
     "amp_level": "O0",               # O0 | O1 | O2 | O3

@@ -23,6 +23,7 @@ from src.utils.errors import UserError
 
 MODES = {"GRAPH": ms.GRAPH_MODE, "PYNATIVE": ms.PYNATIVE_MODE}
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
+JIT_LEVELS = ("", "O0", "O1")   # "": MindSpore's choice per device; O2 is deprecated in 2.10
 MSRUN_ENV = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM")
 LAUNCHERS = ("Launch with scripts/run_distribute_train.sh (Ascend, rank table) or "
              "scripts/run_distribute_train_msrun.sh (msrun: Ascend, GPU, CPU)")
@@ -127,6 +128,11 @@ def setup_runtime(cfg):
     if mode not in MODES:
         raise RuntimeSetupError(f"config key 'mode': '{cfg.mode}' is not one of {list(MODES)}")
     ms.set_context(mode=MODES[mode])
+    if cfg.jit_level not in JIT_LEVELS:
+        raise RuntimeSetupError(f"config key 'jit_level': '{cfg.jit_level}' is not one of "
+                                f"{list(JIT_LEVELS)}")
+    if cfg.jit_level:
+        ms.set_context(jit_config={"jit_level": cfg.jit_level})
     # Both launchers export DEVICE_ID per process: its card's id as this process sees it
     # (src/utils/ascend_cards.py; msrun: the local rank).
     _check_device(cfg.device_target, _env_int("DEVICE_ID", int(cfg.device_id)))

@@ -84,7 +84,8 @@ def train(rank, group_size, local_status=None):
     reducer = nn.DistributedGradReducer(opt.parameters, True, group_size)
     if local_status is not None:
         reducer = local_status.wrap(reducer)
-    step = TrainStep(net, ClassificationCrossEntropy(), opt, scaler, grad_reducer=reducer)
+    step = TrainStep(net, ClassificationCrossEntropy(), opt, scaler, grad_reducer=reducer,
+                     device_target="CPU")
     overflows, scales = [], []
     for i in range(STEPS):
         _, overflow, _ = step(ms.Tensor(batch(rank, i)), ms.Tensor(LABELS), ms.Tensor(0.1, ms.float32))

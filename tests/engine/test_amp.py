@@ -25,7 +25,8 @@ def tiny_step(loss_scale_type, seed=0, **keys):
     net = nn.Dense(4, 3)
     opt = build_optimizer(net, cfg)
     scaler = build_loss_scaler(cfg)
-    step = TrainStep(net, ClassificationCrossEntropy(), opt, scaler, cfg.clip_grad_norm)
+    step = TrainStep(net, ClassificationCrossEntropy(), opt, scaler, cfg.clip_grad_norm,
+                     device_target="CPU")
     return net, opt, scaler, step
 
 
@@ -121,13 +122,12 @@ def test_float_status_register_is_used_where_all_finite_reads_it(monkeypatch, ta
                                                                  mode, expected):
     import mindspore._c_expression as c_expression
     from src.engine import train_step
-    monkeypatch.setattr(ms, "get_context", lambda key: {"device_target": target}[key])
     monkeypatch.setattr(c_expression, "MSContext", _FakeSoc(features))
     if mode is None:
         monkeypatch.delenv("MS_ASCEND_CHECK_OVERFLOW_MODE", raising=False)
     else:
         monkeypatch.setenv("MS_ASCEND_CHECK_OVERFLOW_MODE", mode)
-    assert train_step.uses_float_status_register() is expected
+    assert train_step.uses_float_status_register(target) is expected
 
 
 def test_float_status_is_cleared_before_each_forward(monkeypatch):
@@ -139,7 +139,7 @@ def test_float_status_is_cleared_before_each_forward(monkeypatch):
         def __call__(self, status):
             events.append("clear")
             return status
-    monkeypatch.setattr(train_step, "uses_float_status_register", lambda: True)
+    monkeypatch.setattr(train_step, "uses_float_status_register", lambda target: True)
     monkeypatch.setattr(train_step, "NPUClearFloatStatusV2", RecordingClear)
     net, _, _, step = tiny_step("dynamic")
     net.register_forward_pre_hook(lambda cell, inputs: events.append("forward"))
@@ -150,7 +150,7 @@ def test_float_status_is_cleared_before_each_forward(monkeypatch):
 
 def test_no_float_status_on_cpu():
     from src.engine import train_step
-    assert not train_step.uses_float_status_register()
+    assert not train_step.uses_float_status_register("CPU")
     _, _, _, step = tiny_step("dynamic")
     assert step.clear_status_op is None and step.overflow_sum is None
 
@@ -197,7 +197,7 @@ def test_nan_input_to_segformer_takes_the_overflow_path():
     net.set_train(True)
     opt = build_optimizer(net, cfg)
     scaler = build_loss_scaler(cfg)
-    step = TrainStep(net, SegmentationCrossEntropy(255), opt, scaler)
+    step = TrainStep(net, SegmentationCrossEntropy(255), opt, scaler, device_target="CPU")
     images = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     images[0, 0, 5, 5] = np.nan
     labels = ms.Tensor(np.zeros((1, 64, 64), np.int32))

@@ -66,7 +66,7 @@ def run_ours(cfg, net, images, labels):
     lrs = build_lr_schedule(cfg, TOTAL_ITERS)
     assert len(lrs) == TOTAL_ITERS
     step = TrainStep(net, build_loss(cfg), build_optimizer(net, cfg), build_loss_scaler(cfg),
-                     cfg.clip_grad_norm)
+                     cfg.clip_grad_norm, device_target="CPU")
     step.set_train(True)
     for i in range(STEPS):
         loss, overflow, _ = step(ms.Tensor(images), ms.Tensor(labels), ms.Tensor(lrs[i], ms.float32))

@@ -24,7 +24,8 @@ ms.set_context(mode=ms.GRAPH_MODE)
 cfg = load_config("", ["--optimizer=adamw"])
 net = tiny_segformer(drop_path_rate=0.2, kernel_backend="reference")
 loss_fn = load_backend("reference").SegmentationCrossEntropy(255)
-step = TrainStep(net, loss_fn, build_optimizer(net, cfg), build_loss_scaler(cfg))
+step = TrainStep(net, loss_fn, build_optimizer(net, cfg), build_loss_scaler(cfg),
+                 device_target="CPU")
 step.set_train(True)
 step.compile(ms.Tensor(np.zeros((2, 3, 64, 64), np.float32)),
              ms.Tensor(np.zeros((2, 64, 64), np.int32)), ms.Tensor(1e-3, ms.float32))

@@ -12,8 +12,8 @@ import pytest
 from src.engine.checkpoints import LOCK_NAME, CheckpointDirError, CheckpointManager, TrainState
 from src.engine.trainer import TrainError, TrainInterrupted, Trainer, check_train_config
 from src.utils.config import load_config
-from tests.engine.test_trainer import DeviceValue, tiny_training_objects
-from tests.engine.train_helpers import pynative_mode, tiny_segformer  # noqa: F401
+from tests.engine.test_trainer import tiny_training_objects
+from tests.engine.train_helpers import FakeStepCell, pynative_mode, tiny_segformer  # noqa: F401
 
 
 def manager(tmp_path, *args, log=None):
@@ -62,16 +62,10 @@ def test_max_iters_run_ends_mid_epoch_with_its_checkpoints(tmp_path):
             assert num_epochs == 3
             return Epochs(2)
 
-    lines, reads, clock = [], [], [0]
+    lines = []
     trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
     assert len(trainer.lr_schedule) == 5 and trainer.epochs == 3
-
-    def step_cell(images, labels, lr):
-        clock[0] += 1
-        return (DeviceValue(0.5, reads, clock), DeviceValue(False, reads, clock),
-                DeviceValue(1.0, reads, clock))
-
-    trainer.step_cell = step_cell
+    trainer.step_cell = FakeStepCell([0.5] * 5, [False] * 5)
     state = trainer.fit()
     assert (state.global_step, state.epoch) == (5, 2)
     # iter_2 pruned (keep_checkpoint_max=2), iter_4 and the last one (5) kept
@@ -153,18 +147,9 @@ def fake_trainer(tmp_path, losses, overflows, extra=(), on_step=None):
         def create_tuple_iterator(self, num_epochs):
             return Epochs(len(losses) // 2)
 
-    lines, reads, clock = [], [], [0]
+    lines = []
     trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
-
-    def step_cell(images, labels, lr):
-        clock[0] += 1
-        if on_step:
-            on_step(clock[0])
-        i = clock[0] - 1
-        return (DeviceValue(losses[i], reads, clock), DeviceValue(overflows[i], reads, clock),
-                DeviceValue(1.0, reads, clock))
-
-    trainer.step_cell = step_cell
+    trainer.step_cell = FakeStepCell(losses, overflows, on_step=on_step)
     return trainer, lines
 
 

@@ -17,8 +17,8 @@ from src.engine.trainer import TrainError, Trainer, check_train_config, train
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger
-from tests.engine.train_helpers import (demo_data, pynative_mode, seg_demo_args,  # noqa: F401
-                                        tiny_segformer, vit_demo_args)
+from tests.engine.train_helpers import (FakeStepCell, demo_data, pynative_mode,  # noqa: F401
+                                        seg_demo_args, tiny_segformer, vit_demo_args)
 
 STEP_LINE = re.compile(r"^Epoch (\d+)/(\d+), step:(\d+)/(\d+), loss:(\S+), overflow:(True|False), "
                        r"loss_scale:(\S+), step cost:\d+ms, lr:(\S+), eta:\d+:\d\d:\d\d$")
@@ -97,7 +97,7 @@ def test_loss_goes_down_on_demo_data(family, tmp_path):
     images, labels = next(data.create_tuple_iterator(num_epochs=1))
     losses = []
     for _ in range(8):
-        loss, overflow, _ = trainer.step_cell(images, labels, ms.Tensor(cfg.lr, ms.float32))
+        loss, overflow, _ = trainer.step_cell(images, labels)
         assert not bool(overflow.asnumpy())
         losses.append(float(loss.asnumpy()))
     assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
@@ -173,17 +173,6 @@ def test_auto_resume_picks_newest_readable_training_checkpoint(tmp_path):
     assert not any("tmp.ckpt" in m for m in messages)  # temporaries are never read
 
 
-class DeviceValue:
-    """A step output as the trainer sees it; records when the host reads it back."""
-
-    def __init__(self, value, reads, clock):
-        self.value, self.reads, self.clock = value, reads, clock
-
-    def asnumpy(self):
-        self.reads.append(self.clock[0])
-        return np.array(self.value)
-
-
 def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp_path):
     """Losses and overflow flags stay on the device until the next log line (every
     train_log_interval steps and at the end of the epoch); an overflow between two log lines
@@ -199,17 +188,12 @@ def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp
         def create_tuple_iterator(self, num_epochs):
             return iter([(None, None)] * len(losses))
 
-    lines, reads, clock = [], [], [0]
+    lines = []
     trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
-
-    def step_cell(images, labels, lr):
-        clock[0] += 1
-        return (DeviceValue(losses[clock[0] - 1], reads, clock),
-                DeviceValue(clock[0] == 2, reads, clock), DeviceValue(512.0, reads, clock))
-
-    trainer.step_cell = step_cell
+    trainer.step_cell = FakeStepCell(losses, [i == 1 for i in range(len(losses))],
+                                     [512.0] * len(losses))
     state = trainer.fit()
-    assert sorted(set(reads)) == [3, 6, 7]            # only at the log lines' steps
+    assert trainer.step_cell.reads == [3, 6, 7]       # only at the log lines' steps
     steps = [m.groups() for m in map(STEP_LINE.match, lines) if m]
     assert [(s[2], s[4], s[5]) for s in steps] == [("3", "0.7", "False"), ("6", "0.4", "False"),
                                                    ("7", "0.3", "False")]
@@ -232,7 +216,7 @@ def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups
     check_train_config(cfg)
     lines = []
     trainer = Trainer(cfg, tiny_segformer(), OneBatch(), rank_id=0, group_size=2, log=lines.append)
-    reducer = trainer.step_cell.grad_reducer
+    reducer = trainer.step_cell.train_step.grad_reducer
     count = len(trainer.optimizer.parameters)
     expected = [1 + sum(i >= int(f * count) for f in split) for i in range(count)]
     assert [p.comm_fusion for p in trainer.optimizer.parameters] == expected

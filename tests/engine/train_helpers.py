@@ -74,3 +74,39 @@ def pynative_mode():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
     ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+class FakeStepCell:
+    """Stands in for ``ScheduledTrainStep`` in trainer tests: step ``i`` (1-based, counted
+    over the process) "returns" ``losses[i-1]``/``overflows[i-1]``/``scales[i-1]``; tallies are
+    computed here from those lists, and ``reads`` records the step count at each read-back.
+    ``on_step(i)`` runs during step ``i``."""
+
+    def __init__(self, losses, overflows, scales=None, on_step=None):
+        self.losses, self.overflows = list(losses), list(overflows)
+        self.scales = list(scales) if scales is not None else [1.0] * len(self.losses)
+        self.on_step = on_step
+        self.calls, self.reads, self.read_from, self.run = 0, [], 0, 0
+        self.started_at = None
+
+    def start_at(self, global_step):
+        self.started_at = global_step
+
+    def __call__(self, images, labels):
+        self.calls += 1
+        if self.on_step:
+            self.on_step(self.calls)
+
+    def read_tallies(self):
+        from src.engine.train_step import Tallies
+        self.reads.append(self.calls)
+        span = range(self.read_from, self.calls)
+        finite = [self.losses[i] for i in span if not self.overflows[i]]
+        longest = self.run
+        for i in span:
+            self.run = self.run + 1 if self.overflows[i] else 0
+            longest = max(longest, self.run)
+        self.read_from = self.calls
+        last = self.calls - 1
+        return Tallies(float(sum(finite)), len(finite), len(span) - len(finite), longest,
+                       self.losses[last], bool(self.overflows[last]), self.scales[last])
