@@ -23,6 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.utils.config import ConfigError, load_config  # noqa: E402
+from src.utils.logger import fail_on_error  # noqa: E402
 from src.utils.plotting import pyplot, save_figure  # noqa: E402
 
 CONVENTIONS = ("MACs = multiply-accumulates (FLOPs ~ 2 x MACs). Counted: conv, dense, matmul "
@@ -56,6 +57,18 @@ def default_shape(cfg):
     return [int(cfg.eval_image_size)] * 2
 
 
+def check_shape(cfg, net, height, width):
+    """The ViT classifier takes whole patches (Segmenter pads its input itself): an input
+    size that does not fit is the user's to fix, said here rather than by the model's own
+    ValueError (a bug anywhere else, which keeps its traceback)."""
+    from src.utils.flops import FlopCountError
+    patch = getattr(net, "patch_size", None) if cfg.model == "vit" else None
+    if patch and (height % patch or width % patch):
+        raise FlopCountError(f"input {height}x{width} (--shape, or the config's eval_image_size) "
+                             f"is not a multiple of the patch size {patch} of the ViT "
+                             f"{cfg.backbone}")
+
+
 def plot_breakdown(report, depth, out, title):
     """Horizontal bars: GMACs of each part of ``report.partition(depth)``, in call order."""
     plt = pyplot()
@@ -84,7 +97,7 @@ def main(argv):
         return 2
     import mindspore as ms
     from src.models import build_model
-    from src.utils.flops import FlopCountError, count_model, format_count
+    from src.utils.flops import count_model, format_count
 
     ms.set_context(mode=ms.PYNATIVE_MODE)  # stand-ins only: any device (CPU by default) will do
     height, width = (args.shape * 2)[:2] if args.shape else default_shape(cfg)
@@ -92,10 +105,10 @@ def main(argv):
     try:
         cfg.kernel_backend = "reference"  # the layers as published, op by op
         net = build_model(cfg)
+        check_shape(cfg, net, height, width)
         report = count_model(net, shape)
-    except (FlopCountError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001  (user error or bug: fail_on_error tells them apart)
+        fail_on_error(err)
     by_op = ", ".join(f"{op} {format_count(m)}" for op, m in sorted(report.by_operator().items()))
     print("=" * 72)
     print(f"config: {args.config} ({cfg.model} {cfg.backbone}, {cfg.class_num} classes)")

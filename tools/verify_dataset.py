@@ -7,9 +7,11 @@ Lists the split with the code training uses (the dataset module's ``scan``), rep
 layout problem (root and split dirs, image without label and vice versa, empty split) and
 then checks every sample it found, so one run reports everything: image and label decode
 completely (corrupt/truncated files), label size equals image size, label values allowed
-by the dataset's label rule (e.g. ADE20K: 0..150 before reduce_zero_label). For
-ImageNet-style configs: class folders and every image decodes. Exit status 1 when
-anything is wrong.
+by the dataset's label rule (e.g. ADE20K: 0..150 before reduce_zero_label), folders
+reached twice through symlinks (a loop). Label files without a labelled pixel (all
+ignore_label) are listed as a note; when no label of the split has one, that is a problem
+(training would run on a loss of 0). For ImageNet-style configs: class folders and every
+image decodes. Exit status 1 when anything is wrong.
 """
 import argparse
 import os
@@ -17,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.data import DataError, dataset_spec, verify_split  # noqa: E402
+from src.data import DataError, dataset_spec, verify_report  # noqa: E402
 from src.utils.config import ConfigError, load_config  # noqa: E402
 
 
@@ -38,12 +40,14 @@ def main(argv=None):
     splits = ["train", "val"] if args.split == "all" else [args.split]
     failed = 0
     for split in (spec.split_name(s) for s in splits):
-        problems = verify_split(cfg, split, nproc=args.nproc)
+        problems, notes = verify_report(cfg, split, nproc=args.nproc)
         failed += len(problems)
         status = "OK" if not problems else f"{len(problems)} problem(s)"
         print(f"[{split}] {cfg.data_path} ({spec.name}): {status}")
         for problem in problems:
             print("  - " + problem.replace("\n", "\n    "))
+        for note in notes:
+            print("  note: " + note.replace("\n", "\n    "))
     return 1 if failed else 0
 
 

@@ -8,7 +8,8 @@ listing, classes and palette, label rule and checks.
   Classification (imagenet): train ("image" float32 [B,3,S,S], "label" float32
   [B,class_num] soft targets), eval int32 labels [B]. ``split`` is "train", "val" (the
   dataset's own split folders, e.g. ADE20K's training / validation) or a folder name.
-- ``list_samples``, ``verify_split`` (every problem of a split, from the same listing),
+- ``list_samples``, ``verify_split`` (every problem of a split, from the same listing;
+  ``verify_report`` adds the notes, e.g. label files without a labelled pixel),
   ``train_source`` / ``eval_source`` (random-access segmentation sources),
   ``dataset_spec``, ``class_names``, ``palette``.
 
@@ -16,9 +17,11 @@ Steps per epoch: ``dataset.get_dataset_size()``. Every data problem raises ``Dat
 naming the file and the rule.
 """
 from src.data.registry import (DatasetSpec, class_names, create_dataset, dataset_module, dataset_spec,
-                               eval_source, list_samples, palette, train_source, verify_split)
+                               eval_source, list_samples, palette, train_source, verify_report,
+                               verify_split)
 from src.data.sampling import ShardSampler
 from src.data.transforms import DataError
 
 __all__ = ["DataError", "DatasetSpec", "ShardSampler", "class_names", "create_dataset", "dataset_module",
-           "dataset_spec", "eval_source", "list_samples", "palette", "train_source", "verify_split"]
+           "dataset_spec", "eval_source", "list_samples", "palette", "train_source", "verify_report",
+           "verify_split"]

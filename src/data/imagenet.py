@@ -85,8 +85,10 @@ def scan(spec, split):
 
 
 def check_sample(spec, sample):
-    """The image decodes completely (DataError naming the file otherwise)."""
+    """The image decodes completely (DataError naming the file otherwise). Returns None:
+    a class label has no pixels to count (see ``segmentation.check_pair``)."""
     read_image(sample[0])
+    return None
 
 
 def check_encoded(data, path):

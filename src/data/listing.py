@@ -23,16 +23,47 @@ def format_items(items, limit=None):
     return text
 
 
-def scan_files(folder, suffix):
-    """Relative paths (sorted, subfolders included) of the files under ``folder`` whose
-    name ends with ``suffix``."""
-    found = []
+def walk_files(folder, skip_dir=None):
+    """(file paths under ``folder``, repeated folders): every file of ``folder`` and its
+    subfolders (sorted), symlinks followed, but each real folder entered once.
+
+    A symlink to a folder already entered (a loop such as ``a/b -> ..``, which ``find -L``
+    reports as "File system loop detected", or a second link to one folder) is not
+    entered again: it would list the same files many times over. Such folders come back
+    as the second list, for the caller to report. ``skip_dir(path)`` True: not entered."""
+    files, repeated = [], []
+    entered = {os.path.realpath(folder): folder}  # real folder -> the path it was entered by
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith(suffix):
-                found.append(os.path.relpath(os.path.join(dirpath, name), folder))
-    return found
+        kept = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            if skip_dir is not None and skip_dir(path):
+                continue
+            real = os.path.realpath(path)
+            if real not in entered:
+                entered[real] = path
+                kept.append(name)
+            elif os.path.islink(path):
+                repeated.append(f"{path} -> {real}")
+            else:  # a real folder that a link, listed earlier, entered already
+                repeated.append(f"{path} (already listed through {entered[real]})")
+        dirnames[:] = kept
+        files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
+    return files, repeated
+
+
+def repeated_folders_message(folder, repeated):
+    """The problem headline for ``walk_files``' repeated folders under ``folder``."""
+    return (f"{len(repeated)} folder(s) under {folder} lead to a folder already listed (a "
+            f"symlink loop or a second link to one folder), so their files would count more "
+            f"than once; remove the link(s):")
+
+
+def scan_files(folder, suffix):
+    """(relative paths, repeated folders): the files under ``folder`` (sorted, subfolders
+    included, each real folder once; see ``walk_files``) whose name ends with ``suffix``."""
+    files, repeated = walk_files(folder)
+    return [os.path.relpath(path, folder) for path in files if path.endswith(suffix)], repeated
 
 
 class Listing:

@@ -12,6 +12,7 @@ another dataset module nor this registry, and defines
   ``reduce_zero_label``); a key missing here must be set in the config;
 - ``scan(spec, split)`` -> ``Listing``: its file listing and layout rules;
 - ``check_sample(spec, sample)``: its per-sample rules (raises DataError naming the file);
+  returns the sample's number of labelled pixels (segmentation) or None;
 - ``create_dataset(spec, cfg, split, samples, rank_id, group_size)``: the batched
   ``mindspore.dataset``.
 
@@ -25,6 +26,7 @@ from functools import partial
 
 import numpy as np
 
+from src.data.listing import MAX_LISTED, format_items
 from src.data.segmentation import LabelRule, SegEvalSource, SegTrainSource
 from src.data.transforms import DataError
 from src.data.verify import raise_on_problems, run_checks
@@ -158,15 +160,37 @@ def list_samples(cfg, split):
     return module.scan(spec, spec.split_name(split)).samples_or_raise()
 
 
-def verify_split(cfg, split, nproc=1):
-    """Every problem of ``split`` as messages (empty: all good): the layout problems of the
-    listing, then each listed sample's own (corrupt file, size, label values)."""
+def verify_report(cfg, split, nproc=1):
+    """(problems, notes) of ``split``, as messages: the layout problems of the listing, then
+    each listed sample's own (corrupt file, size, label values). Label files without a
+    labelled pixel are a note (a crop of them trains on nothing), and a problem when no
+    label of the split has any labelled pixel (training would run on a loss of 0)."""
     try:
         spec, module = _resolve(cfg)
     except DataError as err:
-        return [str(err)]
+        return [str(err)], []
     listing = module.scan(spec, spec.split_name(split))
-    return listing.messages() + run_checks(partial(module.check_sample, spec), listing.samples, nproc)
+    outcomes = run_checks(partial(module.check_sample, spec), listing.samples, nproc)
+    problems = listing.messages() + [message for message, _ in outcomes if message]
+    notes = []
+    unlabelled = [sample[1] for sample, (_, labelled) in zip(listing.samples, outcomes) if labelled == 0]
+    if unlabelled:
+        what = (f"{len(unlabelled)} of {len(listing.samples)} label file(s) of split "
+                f"'{listing.split}' have no labelled pixel (all ignore_label {spec.ignore_label} "
+                f"after the label rule)")
+        if any(labelled for _, labelled in outcomes):
+            notes.append(f"{what}:" + format_items(unlabelled, MAX_LISTED))
+        else:
+            problems.append(f"no label file of split '{listing.split}' has a labelled pixel: "
+                            f"training would see a loss of exactly 0 ({what}; check the label "
+                            f"files, dataset.label_map, reduce_zero_label and ignore_label):"
+                            + format_items(unlabelled, MAX_LISTED))
+    return problems, notes
+
+
+def verify_split(cfg, split, nproc=1):
+    """Every problem of ``split`` as messages (empty: all good; see ``verify_report``)."""
+    return verify_report(cfg, split, nproc)[0]
 
 
 def create_dataset(cfg, split, rank_id=0, group_size=1):

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from src.data.listing import Listing, scan_files
+from src.data.listing import Listing, repeated_folders_message, scan_files
 from src.data.sampling import ShardSampler, generator_kwargs
 from src.data.transforms import (DataError, SegEvalTransform, SegTrainTransform, check_label_size,
                                  read_image, read_label)
@@ -92,7 +92,8 @@ def split_dirs(spec, split):
 
 def scan_pairs(spec, split, missing_label_hint=""):
     """``Listing`` of the (image_path, label_path) pairs of ``split``, sorted; problems:
-    missing root or split dir, empty split, images without label, labels without image."""
+    missing root or split dir, a folder reached twice through symlinks (``walk_files``),
+    empty split, images without label, labels without image."""
     listing = Listing(split)
     if not os.path.isdir(spec.root):
         listing.problem(f"dataset root not found: data_path={spec.root!r}")
@@ -104,8 +105,11 @@ def scan_pairs(spec, split, missing_label_hint=""):
                             f"(from data_path + dataset.{key} + split)")
     if not listing.ok:
         return listing
-    images = scan_files(img_dir, spec.img_suffix)
-    labels = scan_files(ann_dir, spec.seg_map_suffix)
+    images, repeated_images = scan_files(img_dir, spec.img_suffix)
+    labels, repeated_labels = scan_files(ann_dir, spec.seg_map_suffix)
+    for folder, repeated in ((img_dir, repeated_images), (ann_dir, repeated_labels)):
+        if repeated:
+            listing.problem(repeated_folders_message(folder, repeated), repeated)
     if not images:
         listing.problem(f"empty dataset: no '*{spec.img_suffix}' images under {img_dir}")
         return listing
@@ -128,8 +132,11 @@ def scan_pairs(spec, split, missing_label_hint=""):
 
 def check_pair(spec, sample):
     """Every per-file rule of one pair (decodes completely, label size = image size, label
-    values allowed by the label rule); raises DataError naming the file."""
-    load_pair(*sample, LabelRule.from_spec(spec))
+    values allowed by the label rule); raises DataError naming the file. Returns the
+    number of labelled pixels (not ``ignore_label`` once the label rule is applied): 0 means
+    the pair teaches nothing (the loss of such a crop is exactly 0)."""
+    _, label = load_pair(*sample, LabelRule.from_spec(spec))
+    return int(np.count_nonzero(label != spec.ignore_label))
 
 
 # -------------------------------------------------------------------------- sources --

@@ -28,29 +28,59 @@ class DataError(UserError, ValueError):
 
 # ----------------------------------------------------------------------------- I/O --
 
+# PIL modes of one channel of 16-bit values (a 16-bit grayscale PNG or TIFF opens as one of
+# them; "I" is how older Pillow versions open such PNGs). ``convert("RGB")`` would clip their
+# values at 255: a white image.
+GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _gray16_to_rgb(im, path):
+    """A 16-bit grayscale image as RGB uint8, as OpenCV's IMREAD_COLOR (mmcv.imread, and
+    MindSpore's Decode for the ImageNet pipeline) decodes it: the high byte of each value,
+    copied to the 3 channels."""
+    values = np.asarray(im)
+    if values.size and (values.min() < 0 or values.max() > 0xFFFF):  # mode I holds 32-bit ints
+        raise DataError(f"{path}: image mode {im.mode} holds values outside 0..65535 (min "
+                        f"{values.min()}, max {values.max()}); expected an 8-bit or 16-bit image")
+    gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
 def read_image(path):
-    """RGB uint8 HWC. A corrupt or truncated file is a DataError naming it."""
+    """RGB uint8 HWC, the one decoder of input images (datasets, infer.py, the Python API):
+    8-bit colour and grayscale as is, 16-bit grayscale scaled to 8 bits as OpenCV does. A
+    corrupt or truncated file is a DataError naming it."""
     try:
         with Image.open(path) as im:
             im.load()  # PIL raises on truncated data here (unless LOAD_TRUNCATED_IMAGES)
+            if im.mode in GRAY16_MODES:
+                return _gray16_to_rgb(im, path)
+            if im.mode == "F":
+                raise DataError(f"{path}: floating-point image (mode F) is not supported; "
+                                f"expected an 8-bit or 16-bit image")
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{path}: corrupt or truncated image ({err})") from None
 
 
 def read_label(path):
     """Label map as uint8 HW, read without colour conversion (palette PNGs keep their
-    indices, as mmseg's 'unchanged' pillow loading does)."""
+    indices, as mmseg's 'unchanged' pillow loading does). A 16-bit label is read as its
+    values (mmseg would wrap values above 255 round into 0..255: here they are an error)."""
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in GRAY16_MODES:
+                return _label16_values(np.asarray(im), path)
             if im.mode not in ("L", "P"):
-                raise DataError(f"{path}: label must be a single-channel 8-bit image (mode L or P), "
-                                f"got mode {im.mode}")
+                raise DataError(f"{path}: label must be a single-channel 8-bit or 16-bit image "
+                                f"(mode L, P or I;16), got mode {im.mode}")
             return np.asarray(im)
     except FileNotFoundError:
         raise DataError(f"{path}: label file not found") from None
@@ -58,6 +88,16 @@ def read_label(path):
         if isinstance(err, DataError):
             raise
         raise DataError(f"{path}: corrupt or truncated label image ({err})") from None
+
+
+def _label16_values(values, path):
+    """The uint8 label map of a 16-bit label file whose values all fit in 0..255."""
+    bad = (values < 0) | (values > 255)
+    if bad.any():
+        shown = np.unique(values[bad])[:10].tolist()
+        raise DataError(f"{path}: 16-bit label holds values {shown} outside 0..255 (label "
+                        f"values are class ids and the ignore label)")
+    return values.astype(np.uint8)
 
 
 def check_label_size(label, image_shape, label_path, image_path):

@@ -11,21 +11,21 @@ from functools import partial
 from src.data.transforms import DataError
 
 
-def _message(check, sample):
+def _outcome(check, sample):
     try:
-        check(sample)
+        return None, check(sample)
     except DataError as err:
-        return str(err)
-    return None
+        return str(err), None
 
 
 def run_checks(check, samples, nproc=1):
-    """Messages of the samples for which ``check(sample)`` raises DataError, in order."""
-    job = partial(_message, check)
+    """(message, result) per sample, in order: the DataError message of ``check(sample)``
+    (None when it passed) and what it returned (None when it raised)."""
+    job = partial(_outcome, check)
     if nproc <= 1:
-        return [m for m in map(job, samples) if m]
+        return list(map(job, samples))
     with multiprocessing.Pool(nproc) as pool:
-        return [m for m in pool.imap(job, samples, chunksize=8) if m]
+        return list(pool.imap(job, samples, chunksize=8))
 
 
 def raise_on_problems(problems):

@@ -4,7 +4,8 @@ Inputs (``data_path``): one image file; a root of the config's dataset (it holds
 ``<img_dir>/<val_split>``, e.g. ``leftImg8bit/val``, ``images/validation``): that split; or any
 folder: every image in it and its subfolders (regular files, by extension, sorted; other
 files are counted and skipped; an output folder inside it is never read back as input, and
-the input folder itself as the output folder is refused).
+the input folder itself as the output folder is refused; a folder reached twice through
+symlinks, e.g. a loop, is an error naming the link).
 
 Outputs, under ``infer_output_path`` at the input's relative path (``<stem>`` = the file
 name without extension), each switched by its config key:
@@ -29,6 +30,7 @@ import time
 from PIL import Image
 
 from src.data import dataset_spec, palette
+from src.data.listing import repeated_folders_message, walk_files
 from src.data.transforms import DataError, read_image
 from src.engine.submission import SubmissionWriter, submission_format
 from src.utils.errors import UserError
@@ -66,14 +68,13 @@ def list_images(data_path, cfg, output_dir):
         raise InferInputError(f"infer_output_path {output_dir} is the input folder: a later run "
                               f"would read the written PNGs as inputs; give another "
                               f"infer_output_path (a subfolder of the input is fine)")
+    files, repeated = walk_files(root, skip_dir=lambda path: _inside(path, output_dir))
+    if repeated:
+        raise InferInputError(f"{repeated_folders_message(root, repeated)} {'; '.join(repeated)}")
     images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames
-                             if not _inside(os.path.join(dirpath, d), output_dir))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            is_image = name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path)
-            (images if is_image else others).append(path)  # FIFOs, sockets: never opened
+    for path in files:
+        is_image = path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path)
+        (images if is_image else others).append(path)  # FIFOs, sockets: never opened
     if not images:
         found = f"; it holds {len(others)} other file(s), e.g. {others[0]}" if others else " (it is empty)"
         raise InferInputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}{found}")

@@ -135,6 +135,19 @@ def sink_plan(cfg, steps_per_epoch, total_iters):
                   f"divides {listed}); log lines and overflow checks between calls")
 
 
+def unused_pretrained_warning(cfg):
+    """The warning for a pretrained_ckpt_path that load_ckpt=False leaves unread, or None.
+
+    A warning, not an error: a config may keep its default pretrained path while training
+    from scratch (load_ckpt: False), and a path given on the command line cannot be told
+    from one in the config."""
+    if cfg.load_ckpt or not cfg.pretrained_ckpt_path:
+        return None
+    return (f"warning: pretrained_ckpt_path={cfg.pretrained_ckpt_path} is not loaded because "
+            f"load_ckpt=False: training starts from the initial weights; add --load_ckpt=True "
+            f"to load it")
+
+
 # ---------------------------------------------------------------------------- driver --
 
 class Trainer:
@@ -228,6 +241,20 @@ class Trainer:
             self.log(f"new best {metrics['metric_name']}: {metric:.6f} at {self._unit()} {at}")
             if cfg.save_best_ckpt and self.checkpoints.enabled:
                 self.save(self.checkpoints.best_name())
+
+    def _zero_loss_warning(self, epoch, steps):
+        """An epoch whose every step had a loss of exactly 0: a cross entropy is 0 only when
+        no pixel counts (every label pixel ignore_label, the loss of an all-ignored batch
+        being 0 by the mmseg convention) or the model is saturated; the run goes on."""
+        cfg = self.cfg
+        if is_segmentation(cfg):
+            why = (f"its batches most likely hold no labelled pixel (every label pixel "
+                   f"ignore_label={cfg.ignore_label}), so nothing is learnt")
+        else:
+            why = "the model predicts every training target with certainty"
+        return (f"warning: all {steps} step(s) of epoch {epoch} had a loss of exactly 0: {why}; "
+                f"check the data with python tools/verify_dataset.py "
+                f"{cfg.config_path or 'CONFIG'} --data_path={cfg.data_path}")
 
     # -- loop --------------------------------------------------------------------------
     def _can_eval(self):
@@ -384,6 +411,8 @@ class Trainer:
             self.log(f"Epoch {epoch}/{self.epochs} done: mean loss {mean}, "
                      f"{totals['overflows']} overflowed step(s) skipped ({state.overflow_steps} in "
                      f"all), epoch cost {time.time() - epoch_start:.1f}s")
+            if totals["updated"] and totals["loss_sum"] == 0:  # (cross entropies are >= 0)
+                self.log(self._zero_loss_warning(epoch, totals["updated"]))
             if step == spe and not self.by_iters:
                 self._end_of_epoch(epoch)
         if state.best_epoch:
@@ -404,6 +433,9 @@ def train(cfg, rank_id=0, group_size=1, log=print):
     from src.utils.checkpoint import load_pretrained
 
     check_train_config(cfg)
+    unused = unused_pretrained_warning(cfg)
+    if unused:
+        log(unused)
     ms.set_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
     data = create_dataset(cfg, "train", rank_id, group_size)

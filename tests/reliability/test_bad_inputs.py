@@ -249,6 +249,233 @@ def test_user_message_of_wrapped_and_plain_errors():
         assert user_message(outer) == "/d/c.png: bad"
 
 
+# ------------------------------------------------------------------ silent surprises --
+
+def test_pretrained_path_left_unread_by_load_ckpt_false_is_said(demo, tmp_path, capsys,
+                                                                no_runtime_setup):
+    """--pretrained_ckpt_path with load_ckpt: False (the demo config's) trains from scratch,
+    saying so at start-up with both keys and how to load it."""
+    out = str(tmp_path / "run")
+    ckpt = str(tmp_path / "pretrained.ckpt")
+    load_tool("train.py").main(seg_train_args(demo["city"], out) + [f"--pretrained_ckpt_path={ckpt}"])
+    log = open(os.path.join(out, "train.log")).read().splitlines()
+    warning = (f"warning: pretrained_ckpt_path={ckpt} is not loaded because load_ckpt=False: "
+               f"training starts from the initial weights; add --load_ckpt=True to load it")
+    assert warning in log
+    assert log.index(warning) < min(i for i, line in enumerate(log) if line.startswith("Epoch 1"))
+
+
+def test_unused_pretrained_warning_only_when_a_path_is_left_unread():
+    from src.engine.trainer import unused_pretrained_warning
+    from src.utils.config import load_config
+    # the shipped recipes: a default path with load_ckpt True, or no path with load_ckpt False
+    assert unused_pretrained_warning(load_config(B0_DEMO, [])) is None
+    assert unused_pretrained_warning(load_config(VIT_DEMO, [])) is None
+    city = os.path.join(REPO, "config", "segformer.b0.512x1024.city.yaml")
+    assert unused_pretrained_warning(load_config(city, [])) is None
+    warning = unused_pretrained_warning(load_config(city, ["--load_ckpt=False"]))
+    assert warning.startswith("warning: pretrained_ckpt_path=./pretrained/ms_pretrained_b0.ckpt "
+                              "is not loaded because load_ckpt=False")
+    assert "--load_ckpt=True" in warning
+
+
+def label_files(data):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(data, "gtFine"))
+                  for f in fs if f.endswith("_gtFine_labelTrainIds.png"))
+
+
+def ignore_everything(path):
+    """Rewrite the label ``path`` as all ignore_label (255), keeping its size."""
+    with Image.open(path) as im:
+        size = im.size
+    Image.fromarray(np.full(size[::-1], 255, np.uint8), mode="L").save(path)
+
+
+def verify(data, capsys, *args):
+    """Exit status and stdout lines of tools/verify_dataset.py on the demo config."""
+    code = load_tool("tools/verify_dataset.py").main([B0_DEMO, f"--data_path={data}", *args])
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+def test_all_ignore_labels_fail_verification_and_warn_in_training(demo, tmp_path, capsys,
+                                                                  no_runtime_setup):
+    data = copy_of(demo["city"], tmp_path)
+    labels = label_files(data)
+    for path in labels:
+        ignore_everything(path)
+    train_labels = [p for p in labels if os.sep + "train" + os.sep in p]
+    code, lines = verify(data, capsys, "--split=train")
+    assert code == 1, lines
+    text = "\n".join(lines)
+    assert ("no label file of split 'train' has a labelled pixel: training would see a loss of "
+            "exactly 0 (2 of 2 label file(s) of split 'train' have no labelled pixel (all "
+            "ignore_label 255 after the label rule)") in text
+    assert all(path in text for path in train_labels)
+    # training runs (a crop may be all ignored) but says that its loss is 0 throughout
+    out = str(tmp_path / "run")
+    load_tool("train.py").main(seg_train_args(data, out))
+    log = open(os.path.join(out, "train.log")).read().splitlines()
+    assert ("warning: all 1 step(s) of epoch 1 had a loss of exactly 0: its batches most likely "
+            "hold no labelled pixel (every label pixel ignore_label=255), so nothing is learnt; "
+            f"check the data with python tools/verify_dataset.py {B0_DEMO} --data_path={data}") in log
+
+
+def test_some_all_ignore_labels_are_a_note_of_verification(demo, tmp_path, capsys):
+    data = copy_of(demo["city"], tmp_path)
+    _, label = first_train_pair(data)
+    ignore_everything(label)
+    code, lines = verify(data, capsys, "--split=train")
+    assert code == 0, lines
+    assert lines[0].endswith(": OK")
+    assert lines[1] == ("  note: 1 of 2 label file(s) of split 'train' have no labelled pixel "
+                        "(all ignore_label 255 after the label rule):")
+    assert lines[2].strip() == label
+
+
+def gray16_png(path, height=6, width=10, seed=0):
+    """A real 16-bit grayscale PNG (PIL mode I;16) with values over the whole 0..65535."""
+    values = np.random.default_rng(seed).integers(0, 65536, (height, width)).astype(np.uint16)
+    values[0, :3] = (0, 255, 65535)
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    return values
+
+
+def test_16bit_gray_image_is_read_as_opencv_reads_it(tmp_path):
+    """OpenCV's IMREAD_COLOR (mmcv.imread): the high byte of each value, in 3 channels;
+    not PIL's convert("RGB"), which clips at 255 (a white image)."""
+    import cv2
+    from src.apis import _decode
+    from src.data.transforms import read_image
+    path = str(tmp_path / "gray16.png")
+    values = gray16_png(path)
+    image = read_image(path)
+    expected = np.repeat((values >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    assert image.dtype == np.uint8 and image.shape == (6, 10, 3)
+    np.testing.assert_array_equal(image, expected)
+    np.testing.assert_array_equal(image, cv2.imread(path, cv2.IMREAD_COLOR)[:, :, ::-1])
+    # the classification path (MindSpore's Decode, in the dataset and the API) agrees
+    np.testing.assert_array_equal(_decode(path), expected)
+
+
+def test_16bit_gray_image_in_a_dataset_and_infer(demo, tmp_path, capsys, no_runtime_setup,
+                                                 b0_ckpt):
+    from src.data import eval_source
+    from src.utils.config import load_config
+    data = copy_of(demo["city"], tmp_path)
+    val = os.path.join(data, "leftImg8bit", "val")
+    image_path = sorted(os.path.join(d, f) for d, _, fs in os.walk(val) for f in fs)[0]
+    values = gray16_png(image_path, 64, 128)
+    image, _ = eval_source(load_config(B0_DEMO, [f"--data_path={data}"])).load(0)
+    np.testing.assert_array_equal(image, np.repeat((values >> 8).astype(np.uint8)[:, :, None], 3, 2))
+    # infer.py reads it through the same function: same prediction as the 8-bit conversion
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image_path, folder / "a16.png")
+    Image.fromarray(image).save(folder / "b8.png")
+    out = tmp_path / "out"
+    load_tool("infer.py").main(infer_args(b0_ckpt, folder, out, tmp_path))
+    gray = [np.asarray(Image.open(out / f"{stem}_gray.png")) for stem in ("a16", "b8")]
+    np.testing.assert_array_equal(gray[0], gray[1])
+
+
+def test_16bit_labels_read_as_their_values_or_a_clear_error(demo, tmp_path, capsys):
+    from src.data import DataError
+    from src.data.transforms import read_label
+    path = str(tmp_path / "label16.png")
+    values = np.array([[0, 3, 255], [18, 1, 0]], np.uint16)
+    Image.fromarray(values).save(path)
+    label = read_label(path)
+    assert label.dtype == np.uint8
+    np.testing.assert_array_equal(label, values)
+    values[1, 1] = 300  # mmseg's astype(np.uint8) would make it class 44
+    Image.fromarray(values).save(path)
+    with pytest.raises(DataError, match=rf"^{path}: 16-bit label holds values \[300\] outside 0..255"):
+        read_label(path)
+    data = copy_of(demo["city"], tmp_path)
+    _, label_path = first_train_pair(data)
+    with Image.open(label_path) as im:
+        raw = np.asarray(im).astype(np.uint16)
+    raw[0, 0] = 1000
+    Image.fromarray(raw).save(label_path)
+    code, lines = verify(data, capsys, "--split=train")
+    assert code == 1
+    assert f"  - {label_path}: 16-bit label holds values [1000] outside 0..255" in "\n".join(lines)
+
+
+def test_float_image_is_refused_by_name(tmp_path):
+    from src.data import DataError
+    from src.data.transforms import read_image
+    path = str(tmp_path / "float.tif")
+    Image.fromarray(np.ones((4, 4), np.float32)).save(path)
+    with pytest.raises(DataError, match=rf"^{path}: floating-point image \(mode F\) is not supported"):
+        read_image(path)
+
+
+def test_symlink_loop_in_the_data_folder_is_reported_not_followed(demo, tmp_path, capsys,
+                                                                  no_runtime_setup):
+    """`find -L`: "File system loop detected". Followed, each loop would list the split's
+    files again and again (hundreds of samples from 2)."""
+    from src.data import DataError, list_samples
+    from src.utils.config import load_config
+    data = copy_of(demo["city"], tmp_path)
+    links = []
+    for top in ("leftImg8bit", "gtFine"):
+        link = os.path.join(data, top, "train", "aachen", "loop")
+        os.symlink("..", link)
+        links.append(link)
+    real = os.path.join(data, "leftImg8bit", "train")
+    code, lines = verify(data, capsys, "--split=train")
+    assert code == 1, lines
+    text = "\n".join(lines)
+    assert (f"1 folder(s) under {real} lead to a folder already listed (a symlink loop or a "
+            f"second link to one folder)") in text
+    assert all(f"{link} -> {os.path.dirname(os.path.dirname(link))}" in text for link in links)
+    with pytest.raises(DataError, match="symlink loop"):
+        list_samples(load_config(B0_DEMO, [f"--data_path={data}"]), "train")
+    # training stops before any work; the error lists the links, one a line, as every
+    # listing problem does (the last line names the last link)
+    out = str(tmp_path / "run")
+    code, lines = run_main("train.py", seg_train_args(data, out), capsys)
+    assert code == 1
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    assert lines[first].startswith(f"error: 1 folder(s) under {real} lead to a folder already listed")
+    assert [line.strip() for line in lines[first + 1:]] == [
+        f"{links[0]} -> {real}", f"1 folder(s) under {os.path.dirname(links[1])[:-len('/aachen')]} "
+        f"lead to a folder already listed (a symlink loop or a second link to one folder), so "
+        f"their files would count more than once; remove the link(s):",
+        f"{links[1]} -> {os.path.dirname(os.path.dirname(links[1]))}"]
+    assert "Traceback" not in "\n".join(lines)
+    assert not os.path.exists(os.path.join(out, "ckpt"))
+
+
+def test_file_discovery_enters_each_real_folder_once(tmp_path):
+    from src.data.listing import walk_files
+    for folder in ("a", "c"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(b"")
+    os.symlink(tmp_path / "c", tmp_path / "b_link")   # listed before the real c
+    os.symlink(tmp_path / "a", tmp_path / "z_link")   # a second way into a
+    os.symlink("../a", tmp_path / "a" / "up")          # a loop back into a
+    os.symlink(tmp_path / "a" / "x.png", tmp_path / "file_link.png")  # files are never repeats
+    files, repeated = walk_files(str(tmp_path))
+    assert [os.path.relpath(f, tmp_path) for f in files] == ["file_link.png", "a/x.png", "b_link/x.png"]
+    assert repeated == [f"{tmp_path}/c (already listed through {tmp_path}/b_link)",
+                        f"{tmp_path}/z_link -> {tmp_path}/a",
+                        f"{tmp_path}/a/up -> {tmp_path}/a"]
+
+
+def test_symlink_loop_in_the_infer_folder_is_an_error(b0_ckpt, images_folder, tmp_path, capsys,
+                                                      no_runtime_setup):
+    link = images_folder / "again"
+    os.symlink(images_folder, link)
+    out = tmp_path / "out"
+    code, lines = run_main("infer.py", infer_args(b0_ckpt, images_folder, out, tmp_path), capsys)
+    assert_clear_error(code, lines, f"{link} -> {images_folder}")
+    assert not os.path.exists(out)
+
+
 # ------------------------------------------------------------- export, eval, infer --
 
 @pytest.fixture(scope="module")

@@ -172,9 +172,31 @@ def test_tool_prints_macs_and_params(capsys):
 
 def test_tool_errors_are_clear(capsys):
     tool = load_tool()
-    assert tool.main([os.path.join(ROOT, "config", "vit.tiny.demo.yaml"), "--shape", "50"]) == 1
-    assert "not a multiple of the patch size 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        tool.main([os.path.join(ROOT, "config", "vit.tiny.demo.yaml"), "--shape", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1 and len(err) == 1, err
+    assert err[0] == ("error: input 50x50 (--shape, or the config's eval_image_size) is not a "
+                      "multiple of the patch size 16 of the ViT vit_tiny_patch16_224")
     assert tool.main([os.path.join(ROOT, "config", "vit.tiny.demo.yaml"), "--bogus=1"]) == 2
     assert "unknown config key 'bogus'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main([os.path.join(ROOT, "config", "vit.tiny.demo.yaml"), "--shape", "1", "2", "3"])
+
+
+def test_tool_keeps_the_traceback_of_an_unexpected_value_error(capsys, monkeypatch):
+    """Only the project's own error types are one-line user errors: a ValueError from a
+    bug (here inside the counter) keeps its traceback."""
+    tool = load_tool()
+
+    def broken_count(net, shape):
+        raise ValueError("a bug in the counter")
+
+    monkeypatch.setattr("src.utils.flops.count_model", broken_count)
+    with pytest.raises(SystemExit) as exc:
+        tool.main([os.path.join(ROOT, "config", "vit.tiny.demo.yaml"), "--shape", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 1
+    assert err[0] == "Traceback (most recent call last):"
+    assert any("broken_count" in line for line in err)
+    assert err[-1] == "error: unexpected ValueError: a bug in the counter (traceback above)"
