@@ -239,3 +239,24 @@ def test_real_unavailable_accelerator_is_a_clear_error():
     out = _real_setup_runtime("GPU", 3)
     assert out.startswith("ERR device_target 'GPU' is not available on this machine ("), out
     assert out.endswith("run with --device_target=CPU or install the MindSpore build for GPU"), out
+
+
+@pytest.mark.parametrize("level", ["", "O0", "O1"])
+def test_jit_level_is_set_once_at_start_up_when_given(runtime, monkeypatch, level):
+    calls = []
+    real = ms.set_context
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        if "jit_config" not in kwargs:
+            real(**kwargs)
+    monkeypatch.setattr(ms, "set_context", recording)
+    runtime("GPU", f"--jit_level={level}")
+    assert [c for c in calls if "jit_config" in c] == ([{"jit_config": {"jit_level": level}}]
+                                                       if level else [])
+
+
+def test_unknown_jit_level_is_a_clear_error(runtime):
+    with pytest.raises(device.RuntimeSetupError, match=r"config key 'jit_level': 'O2' is not one "
+                                                       r"of \['', 'O0', 'O1'\]"):
+        runtime("Ascend", "--jit_level=O2")
