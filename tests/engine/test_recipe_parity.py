@@ -68,9 +68,18 @@ def run_ours(cfg, net, images, labels):
     step = TrainStep(net, build_loss(cfg), build_optimizer(net, cfg), build_loss_scaler(cfg),
                      cfg.clip_grad_norm, device_target="CPU")
     step.set_train(True)
+    losses = []
     for i in range(STEPS):
         loss, overflow, _ = step(ms.Tensor(images), ms.Tensor(labels), ms.Tensor(lrs[i], ms.float32))
         assert not bool(overflow.asnumpy()) and np.isfinite(float(loss.asnumpy()))
+        losses.append(float(loss.asnumpy()))
+    return losses
+
+
+def assert_same_losses(ours, theirs):
+    """The loss of every step: shows the loss normalisation (avg_non_ignore), which Adam's
+    update, invariant to a constant factor, hides."""
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5)
 
 
 def batch_with_ignored_pixels(num_classes, size, seed):
@@ -110,7 +119,7 @@ def test_segformer_nvlabs_recipe_steps_match_torch():
                         for k, v in to_nvlabs(hub).items() if not k.endswith("num_batches_tracked")},
                   strict=True)
     images, labels = batch_with_ignored_pixels(19, (64, 96), seed=11)
-    run_ours(cfg, net, images, labels)
+    losses = run_ours(cfg, net, images, labels)
 
     # upstream: NVlabs local_configs (mmseg 0.x): AdamW betas (0.9, 0.999), custom_keys
     # pos_block/norm decay 0, head lr x10; poly power 1, min_lr 0, linear warmup from 1e-6;
@@ -126,16 +135,19 @@ def test_segformer_nvlabs_recipe_steps_match_torch():
     groups = mmcv_param_groups(nvlabs_names(ref, hub), custom_keys, 1e-3, 1.0)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+    torch_losses = []
     for i in range(STEPS):
         for group in opt.param_groups:
             group["lr"] = mmcv_poly_lr(group["initial_lr"], i, TOTAL_ITERS, 1.0, 0.0, 2, 1e-6)
         logits = F.interpolate(ref(pixel_values=x).logits, size=y.shape[-2:], mode="bilinear",
                                align_corners=False)
         loss = F.cross_entropy(logits, y, ignore_index=255, reduction="none").mean()
+        torch_losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
+    assert_same_losses(losses, torch_losses)
     with tempfile.TemporaryDirectory() as tmp:
         expected = {ms_name(k): v.numpy() for k, v in to_nvlabs(hub_state_dict(ref, tmp)).items()}
     # Gradient zero by construction, so Adam turns float noise into +-lr steps: the stage
@@ -150,7 +162,7 @@ def test_segformer_nvlabs_recipe_steps_match_torch():
     # weights): every tensor must agree to 1e-4 of its largest value on 99.5% of its
     # elements and to 1e-2 everywhere. A changed rule (decay, lr multiplier, schedule)
     # moves every element of the tensors it governs. (Adam is invariant to a constant
-    # loss factor: on one fixed batch the loss normalisation shows in the SGD test only.)
+    # loss factor: the loss normalisation shows in the losses compared above.)
     compared = 0
     for param in net.trainable_params():
         if param.name in zero_grad:
@@ -188,13 +200,14 @@ def test_segmenter_official_recipe_steps_match_torch():
     load_into_net(net, {k: ms.Parameter(np.asarray(v), name=k) for k, v in converted.items()},
                   strict=True)
     images, labels = batch_with_ignored_pixels(19, (32, 32), seed=12)
-    run_ours(cfg, net, images, labels)
+    losses = run_ours(cfg, net, images, labels)
 
     hf.train()
     decoder.train()
     params = list(hf.vit.parameters()) + list(decoder.parameters())
     opt = torch.optim.SGD(params, lr=2.0, momentum=0.9, nesterov=True, weight_decay=0.0)
     x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+    torch_losses = []
     for i in range(STEPS):
         for group in opt.param_groups:
             group["lr"] = mmcv_poly_lr(2.0, i, TOTAL_ITERS, 0.9, 0.2, 0, 0.0)
@@ -202,10 +215,12 @@ def test_segmenter_official_recipe_steps_match_torch():
         masks = F.interpolate(decoder(tokens, (2, 2)), size=(32, 32), mode="bilinear",
                               align_corners=False)
         loss = F.cross_entropy(masks, y, ignore_index=255)
+        torch_losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
+    assert_same_losses(losses, torch_losses)
     expected = {"encoder." + k: v for k, v in hf_to_timm(hf.state_dict()).items()}
     expected.update({"decoder." + k: v.detach().numpy() for k, v in decoder.state_dict().items()})
     moved = []
@@ -235,7 +250,7 @@ def test_vit_seed_recipe_steps_match_torch():
     rng = np.random.default_rng(13)
     images = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
     labels = rng.integers(0, 10, (4,)).astype(np.int32)
-    run_ours(cfg, net, images, labels)
+    losses = run_ours(cfg, net, images, labels)
 
     # timm name of each HF parameter (the filter reads those names): index-filled tensors
     # through hf_to_timm (which fuses q, k, v into qkv)
@@ -247,15 +262,18 @@ def test_vit_seed_recipe_steps_match_torch():
     opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     ref.train()
     x, y = torch.from_numpy(images), torch.from_numpy(labels).long()
+    torch_losses = []
     for i in range(STEPS):
         lr = 1e-3 * i / 2 if i < 2 else 0.5 * 1e-3 * (1 + np.cos(np.pi * (i - 2) / (TOTAL_ITERS - 2)))
         for group in opt.param_groups:
             group["lr"] = lr
         loss = F.cross_entropy(ref(pixel_values=x).logits, y, label_smoothing=0.1)
+        torch_losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
+    assert_same_losses(losses, torch_losses)
     expected = hf_to_timm(ref.state_dict())
     # zero gradient by construction: the key third of qkv.bias (a constant per query under
     # the softmax); Adam's ~0.1% noise-decided elements as in the SegFormer test
