@@ -183,14 +183,14 @@ def test_segformer_nvlabs_recipe_steps_match_torch():
 def test_segmenter_official_recipe_steps_match_torch():
     """rstrudel/segmenter: timm SGD (Nesterov, momentum 0.9, weight decay 0: no groups),
     polynomial lr (power 0.9, min 1e-5) per iteration, torch CrossEntropyLoss(ignore_index)
-    = mean over non-ignored pixels. Weight decay stays 0 as upstream (timm would exempt 1-D
-    tensors from a non-zero one, a rule this recipe does not use). The recipe's
-    clip_grad_norm (5, the seed's value) is off: no clipping is written in the torch side."""
+    = mean over non-ignored pixels, no gradient clipping (``clip_grad=None``). Weight decay
+    stays 0 as upstream (timm would exempt 1-D tensors from a non-zero one, a rule this
+    recipe does not use)."""
     from src.convert.vit_formats import OfficialSegmenter
     from tests.vit_oracle import MaskTransformerRef, hf_to_timm, hf_vit
 
     cfg = load_config("config/segmenter.tiny.mask.768x768.city.yaml", NO_RANDOMNESS + [
-        f"--kernel_backend={BACKEND}", "--image_size=32", "--lr=2.0", "--min_lr=0.2", "--clip_grad_norm=0"])
+        f"--kernel_backend={BACKEND}", "--image_size=32", "--lr=2.0", "--min_lr=0.2"])
     hf = hf_vit("tiny", patch=16, image_size=32, num_labels=1000, eps=1e-5)
     decoder = MaskTransformerRef(19, 192, n_layers=2, seed=5)
     state = {"encoder." + k: np.array(v) for k, v in hf_to_timm(hf.state_dict()).items()}
