@@ -79,7 +79,7 @@ def check_train_config(cfg):
     for key in ("train_log_interval", "save_checkpoint_epoch_interval", "eval_interval",
                 "max_consecutive_overflow_steps"):
         _int_key(cfg, key, 1)
-    for key in ("max_iters", "save_checkpoint_steps", "epoch_size"):
+    for key in ("max_iters", "save_checkpoint_steps", "epoch_size", "eval_interval_iters"):
         _int_key(cfg, key, 0)
     if cfg.max_iters > 0 and cfg.epoch_size > 0:
         raise TrainError(f"config keys 'epoch_size'={cfg.epoch_size} and 'max_iters'={cfg.max_iters} "
@@ -121,7 +121,8 @@ def sink_plan(cfg, steps_per_epoch, total_iters):
     if cfg.save_checkpoint_steps:
         intervals["save_checkpoint_steps"] = int(cfg.save_checkpoint_steps)
     if int(cfg.max_iters) > 0:
-        intervals["eval_interval"] = int(cfg.eval_interval)
+        if cfg.eval_interval_iters:
+            intervals["eval_interval_iters"] = int(cfg.eval_interval_iters)
         intervals["max_iters"] = total_iters
     largest = math.gcd(*intervals.values())
     listed = ", ".join(f"{key} ({value})" for key, value in intervals.items())
@@ -156,7 +157,7 @@ class Trainer:
     The run lasts ``total_iters`` iterations (``max_iters``, or ``epoch_size`` epochs); the
     epochs follow from the dataset size (the last one may be partial). Evaluation and
     checkpoints: per epoch (``eval_interval``, ``save_checkpoint_epoch_interval``) when
-    scheduling by epochs, per iteration (``eval_interval``) with ``max_iters``; step
+    scheduling by epochs, per iteration (``eval_interval_iters``) with ``max_iters``; step
     checkpoints every ``save_checkpoint_steps`` iterations in either mode.
     """
 
@@ -272,6 +273,11 @@ class Trainer:
             self.save(self.checkpoints.epoch_name(epoch))
             self.checkpoints.prune("")
 
+    def _eval_due(self, step):
+        """Whether a max_iters run evaluates after iteration ``step`` (besides the last)."""
+        every = int(self.cfg.eval_interval_iters)
+        return bool(every) and step % every == 0
+
     def _after_step(self):
         """Iteration-based evaluation and step checkpoints, after the step ``global_step``."""
         cfg, step = self.cfg, self.state.global_step
@@ -279,7 +285,7 @@ class Trainer:
         save_step = self.checkpoints.enabled and (
             (cfg.save_checkpoint_steps and step % cfg.save_checkpoint_steps == 0)
             or (self.by_iters and last))
-        if self.by_iters and self._can_eval() and (step % cfg.eval_interval == 0 or last):
+        if self.by_iters and self._can_eval() and (self._eval_due(step) or last):
             self._evaluate(step, self.checkpoints.iter_name(step) if save_step else f"iteration {step}")
         if save_step:
             self.save(self.checkpoints.iter_name(step))
@@ -388,7 +394,7 @@ class Trainer:
                                  f"{g}/{total})")
                 # read back before a checkpoint or evaluation: a diverged run stops first
                 at_checkpoint = ((cfg.save_checkpoint_steps and g % cfg.save_checkpoint_steps == 0)
-                                 or (self.by_iters and g % cfg.eval_interval == 0))
+                                 or (self.by_iters and self._eval_due(g)))
                 crossed_log_point = step // interval != previous // interval
                 if crossed_log_point or step == last_step or at_checkpoint:
                     tallies = self._read_back(totals, step - logged)

@@ -153,7 +153,7 @@ DEFAULTS = {
     "warmup_ratio": 1.0e-6,
     "clip_grad_norm": 0.0,           # global-norm clipping (0: off)
     "epoch_size": 200,               # 0 when scheduling by max_iters
-    "max_iters": 0,                  # > 0: train this many iterations (epoch_size 0); eval_interval in iterations
+    "max_iters": 0,                  # > 0: train this many iterations (epoch_size 0)
 
     # ---- logging and checkpoints ---------------------------------------------------
     "train_log_interval": 100,
@@ -171,7 +171,8 @@ DEFAULTS = {
     # ---- evaluation ----------------------------------------------------------------
     "run_eval": True,
     "eval_start_epoch": 0,
-    "eval_interval": 1,
+    "eval_interval": 1,              # epochs (epoch_size runs)
+    "eval_interval_iters": 0,        # iterations (max_iters runs; 0: at the last one only)
     "eval_ckpt_path": "",
     "eval_log_interval": 100,
     "eval_mode": "whole",            # whole | slide

@@ -50,7 +50,7 @@ class RecordingDataSink:
 def cfg_for(tmp_path, *extra):
     city, _ = demo_data()
     cfg = load_config("config/segformer.b0.demo.yaml", seg_demo_args(city, str(tmp_path)) + [
-        "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=2", "--eval_interval=4",
+        "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=2", "--eval_interval_iters=4",
         "--run_eval=False", "--keep_checkpoint_max=0", "--warmup_iters=3", "--lr=1e-3",
         "--loss_scale_type=dynamic", "--loss_scale=1024", "--loss_scale_window=2",
         "--train_log_interval=3", "--drop_path_rate=0.0", "--decoder_dropout=0.0",
@@ -90,8 +90,8 @@ def test_sunk_run_and_its_mid_epoch_resume_equal_the_step_by_step_run(tmp_path, 
     assert isinstance(sink.created[0][2], ms.JitConfig)
     assert sink.calls == 6
     assert "dataset sink: 2 steps per device call (sink_size -1; divides the steps per epoch " \
-           "(4), save_checkpoint_steps (2), eval_interval (4), max_iters (12)); log lines and " \
-           "overflow checks between calls" in lines
+           "(4), save_checkpoint_steps (2), eval_interval_iters (4), max_iters (12)); log lines " \
+           "and overflow checks between calls" in lines
     # log lines between device calls only (here every call ends at a checkpoint)
     steps = [line.split(",")[1] for line in lines if line.startswith("Epoch ") and "step:" in line]
     assert steps == [" step:2/4", " step:4/4"] * 3, lines
@@ -122,7 +122,7 @@ def test_sink_size_follows_the_schedule_and_is_checked():
     # the zoo's default: one sink per epoch
     assert plan("--epoch_size=10", "--max_iters=0")[0] == 372
     # iterations: 372 steps per epoch and 16000-iteration checkpoints leave sinks of 4
-    assert plan("--epoch_size=0", "--max_iters=160000", "--eval_interval=16000",
+    assert plan("--epoch_size=0", "--max_iters=160000", "--eval_interval_iters=16000",
                 "--save_checkpoint_steps=16000")[0] == 4
     assert plan("--epoch_size=10", "--max_iters=0", "--sink_size=93")[0] == 93
     with pytest.raises(TrainError, match=r"config key 'sink_size'=100 must divide the steps per "

@@ -26,7 +26,7 @@ from tests.engine.train_helpers import ROOT, demo_data, seg_demo_args
 def train_cmd(city, out):
     return [sys.executable, os.path.join(ROOT, "train.py"),
             "--config_path=config/segformer.b0.demo.yaml", *seg_demo_args(city, out),
-            "--epoch_size=0", "--max_iters=10", "--save_checkpoint_steps=3", "--eval_interval=100",
+            "--epoch_size=0", "--max_iters=10", "--save_checkpoint_steps=3",
             "--warmup_iters=3", "--lr=1e-3", "--run_eval=False", "--keep_checkpoint_max=0",
             "--train_log_interval=1", "--loss_scale_type=dynamic", "--loss_scale=1024",
             "--loss_scale_window=2", "--drop_path_rate=0.0", "--decoder_dropout=0.0"]

@@ -74,6 +74,34 @@ def test_max_iters_run_ends_mid_epoch_with_its_checkpoints(tmp_path):
     assert "Epoch 3/3, step:1/2" in "\n".join(lines)
 
 
+@pytest.mark.parametrize("every, expected", [(2, [2, 4, 5]), (0, [5])])
+def test_max_iters_run_evaluates_every_eval_interval_iters_and_at_the_end(tmp_path, every, expected):
+    """eval_interval_iters counts iterations (eval_interval, counting epochs, is not used by
+    a max_iters run); 0 evaluates after the last iteration only."""
+    cfg = load_config("", ["--epoch_size=0", "--max_iters=5", f"--eval_interval_iters={every}",
+                           "--eval_interval=1", "--run_eval=True", "--save_checkpoint=False",
+                           f"--checkpoint_path={tmp_path}"])
+    check_train_config(cfg)
+
+    class Data:
+        def get_dataset_size(self):
+            return 2
+
+        def create_tuple_iterator(self, num_epochs):
+            return Epochs(2)
+
+    evaluated = []
+
+    def evaluate(net, cfg, rank, group, log, name):
+        evaluated.append(trainer.state.global_step)
+        return {"metric": 0.5, "metric_name": "mIoU"}
+
+    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lambda line: None, evaluate_fn=evaluate)
+    trainer.step_cell = FakeStepCell([0.5] * 5, [False] * 5)
+    trainer.fit()
+    assert evaluated == expected
+
+
 # ------------------------------------------------------------ checkpoint directory --
 
 def test_new_run_refuses_another_runs_checkpoints_unless_resuming_or_overwriting(tmp_path):

@@ -56,7 +56,7 @@ def test_segformer_ade20k_configs_are_the_nvlabs_recipe(variant, crop):
     assert (cfg.lr_schedule, cfg.poly_power, cfg.min_lr, cfg.warmup_iters, cfg.warmup_ratio) == (
         "poly", 1.0, 0.0, 1500, 1e-6)
     assert cfg.batch_size * 8 == 16  # 2 images per device x 8
-    assert (cfg.max_iters, cfg.epoch_size, cfg.eval_interval, cfg.save_checkpoint_steps) == (
+    assert (cfg.max_iters, cfg.epoch_size, cfg.eval_interval_iters, cfg.save_checkpoint_steps) == (
         160000, 0, 16000, 16000)  # NVlabs schedule_160k, by iteration
 
 
