@@ -2,10 +2,12 @@
 
     train(cfg, rank_id, group_size, log)      # what train.py calls
 
-Every batch goes through ``TrainStep`` (loss-scaled, overflow-skipping) with the
-iteration's learning rate from ``build_lr_schedule``; a log line every
-``train_log_interval`` steps (seed format plus lr and ETA), when the steps' losses and
-overflow flags are read back from the device (not after each step, so that an
+Every batch goes through ``ScheduledTrainStep`` (``TrainStep``: loss-scaled,
+overflow-skipping; at the learning rate ``build_lr_schedule`` gives its own iteration
+counter), one device call per step or, sinking data on Ascend/GPU (``sink_plan``), one per
+``sink_size`` steps. A log line every ``train_log_interval`` steps (seed format plus lr and
+ETA; when sinking, at the end of the device call that reaches it), when the step cell's
+loss and overflow tallies are read back from the device (not after each step, so that an
 accelerator runs ahead of the host). The run lasts ``epoch_size`` epochs or ``max_iters``
 iterations; evaluation (``src.engine.evaluate.evaluate``, the code eval.py runs) and
 checkpoints follow the schedule (see ``Trainer``; files and resume: ``checkpoints.py``).
