@@ -116,3 +116,66 @@ def test_bad_inputs_are_named(demo, tmp_path):
         init_model(B0_DEMO, demo["ckpt"], eval_modes="slide")
     with pytest.raises(ConfigError, match="'eval_flip'.*expects bool"):
         init_model(B0_DEMO, demo["ckpt"], eval_flip="yes")
+
+
+_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from src.apis import inference_model, init_model
+config, ckpt, overrides, images, out = sys.argv[2:]
+model = init_model(config, ckpt, log=lambda m: None, **json.loads(overrides))
+results = inference_model(model, json.loads(images), return_probs=True, topk=3)
+np.savez(out, *[np.asarray(part) for result in results for part in result])
+"""
+
+
+def _outputs(results):
+    return [np.asarray(part) for result in results for part in result]
+
+
+@pytest.mark.slow
+def test_several_models_in_one_process_give_what_fresh_processes_give(demo, tmp_path):
+    """The Python API building several models one after another in one process (SegFormer,
+    ViT, each built twice, the first ones freed in between): every model's outputs equal
+    those of a fresh process that builds only that model. docs/known_issues.md: MindSpore
+    2.10 can hand a new object a freed one's compiled state in PYNATIVE mode."""
+    import gc
+    import json
+    import subprocess
+    import sys
+    vit_overrides = {"data_path": demo["imagenet"], "eval_image_size": 32,
+                     "dataset_num_parallel_workers": 1, "mode": "PYNATIVE"}
+    cfg = load_config(os.path.join(REPO, "config", "vit.tiny.demo.yaml"), values=vit_overrides)
+    ms.set_seed(4)
+    vit_ckpt = str(tmp_path / "vit.ckpt")
+    save_checkpoint(build_model(cfg), vit_ckpt)
+    val = os.path.join(demo["imagenet"], "val")
+    vit_images = [os.path.join(val, c, f) for c in sorted(os.listdir(val))
+                  for f in sorted(os.listdir(os.path.join(val, c)))][::2]
+    seg_overrides = {"mode": "PYNATIVE", **SLIDE_MS_FLIP}
+    models = {"segformer": (B0_DEMO, demo["ckpt"], seg_overrides, val_images(demo)[:2]),
+              "vit": (cfg.config_path, vit_ckpt, vit_overrides, vit_images)}
+
+    in_process = {}
+    for name in ["segformer", "vit", "segformer", "vit"]:
+        config, ckpt, overrides, images = models[name]
+        model = init_model(config, ckpt, log=lambda m: None, **overrides)
+        outputs = _outputs(inference_model(model, images, return_probs=True, topk=3))
+        in_process.setdefault(name, []).append(outputs)
+        del model
+        gc.collect()
+
+    for name, (config, ckpt, overrides, images) in models.items():
+        out = str(tmp_path / f"{name}.npz")
+        done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, REPO, config, ckpt,
+                               json.dumps(overrides), json.dumps(images), out],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with np.load(out) as saved:
+            fresh = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for outputs in in_process[name]:
+            assert len(outputs) == len(fresh) >= 2 * len(images)  # (labels, probs) or top-k
+            for got, want in zip(outputs, fresh):
+                assert got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)

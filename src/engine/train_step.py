@@ -18,6 +18,16 @@ skipping rank's weights and loss scale would drift from the others'. That regist
 accumulates until cleared, so there it is cleared before the forward/backward (as
 ``TrainOneStepWithLossScaleCell.start_overflow_check`` does); elsewhere, CPU included, there
 is no register (``NPUClearFloatStatusV2`` has no CPU kernel) and nothing is cleared.
+
+The gradients are unscaled here, by the scale this step's forward ran with, not by the
+scaler's ``unscale``: in PYNATIVE mode that is MindSpore 2.10's module-level ``@jit``
+function ``amp._grad_unscale_map(scale_value, mutable(grads))``, whose compiled graph keeps
+the ``scale_value`` Parameter it was first compiled with, and whose cache key names a
+Parameter by ``id()``. Once a loss scaler is freed, a later one whose Parameter lands at the
+same address reuses that graph and divides by the dead scaler's scale: a TrainStep built
+after another was freed (tests, or the Python API building several in one process) applied
+1/1024 of its update. tools/repro/ms_jit_parameter_id_reuse.py reproduces it without this
+repository; docs/known_issues.md.
 """
 import os
 from typing import NamedTuple
@@ -28,6 +38,14 @@ from mindspore.common import dtype as mstype
 from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from src.utils.device import ReleasesCompileMemory
+
+_unscale = ops.MultitypeFuncGraph("unscale")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_grad(reciprocal_scale, grad):
+    """``grad / scale`` as MindSpore's ``amp._grad_unscale``: times the float32 reciprocal."""
+    return grad * reciprocal_scale.astype(grad.dtype)
 
 
 def uses_float_status_register(device_target):
@@ -91,6 +109,7 @@ class TrainStep(ReleasesCompileMemory):
         self.overflow_sum = ops.AllReduce() if self.distributed else None
         self.clear_float_status = uses_float_status_register(device_target)
         self.clear_status_op = NPUClearFloatStatusV2() if self.clear_float_status else None
+        self.hyper_map = ops.HyperMap()
 
     def construct(self, images, labels, lr):
         scale = self.loss_scaler.scale_value * 1.0  # a copy: adjust() updates the Parameter
@@ -100,7 +119,8 @@ class TrainStep(ReleasesCompileMemory):
         scaled_loss, grads = self.grad_fn(images, labels, scale)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
-        grads = self.loss_scaler.unscale(grads)
+        # not self.loss_scaler.unscale(grads): a stale compiled graph in PYNATIVE (docstring)
+        grads = self.hyper_map(ops.partial(_unscale, ops.reciprocal(scale)), grads)
         finite = ms.amp.all_finite(grads)
         if self.distributed:   # one decision for all ranks: any rank's overflow skips the step
             overflows = self.overflow_sum(ops.cast(ops.logical_not(finite), mstype.float32))

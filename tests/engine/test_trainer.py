@@ -234,3 +234,36 @@ def test_bad_gradient_fusion_split_is_a_clear_error(bad):
     with pytest.raises(TrainError, match=r"config key 'grad_fusion_split': expected increasing "
                                          r"fractions between 0 and 1 .*got \["):
         check_train_config(load_config("", [f"--grad_fusion_split={bad}"]))
+
+
+@pytest.mark.slow
+def test_a_training_run_builds_one_train_step_and_never_calls_the_scalers_unscale(monkeypatch,
+                                                                                   tmp_path):
+    """train.py's path (``train``), PYNATIVE, evaluating every epoch: one TrainStep and one
+    loss scaler per run (evaluation builds no other), and the step never calls MindSpore's
+    ``LossScaler.unscale``, whose compiled graph can read a freed scaler's scale in PYNATIVE
+    mode (tools/repro/ms_jit_parameter_id_reuse.py, docs/known_issues.md)."""
+    import mindspore.amp
+    from src.engine import evaluate as evaluate_module
+    from src.engine.train_step import TrainStep
+    counts = {"TrainStep": 0, "scaler": 0, "unscale": 0, "evaluate": 0}
+
+    def counting(key, function):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return function(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(TrainStep, "__init__", counting("TrainStep", TrainStep.__init__))
+    for scaler in (mindspore.amp.StaticLossScaler, mindspore.amp.DynamicLossScaler):
+        monkeypatch.setattr(scaler, "__init__", counting("scaler", scaler.__init__))
+    monkeypatch.setattr(mindspore.amp, "_grad_unscale_map",
+                        counting("unscale", mindspore.amp._grad_unscale_map))
+    monkeypatch.setattr(evaluate_module, "evaluate", counting("evaluate", evaluate_module.evaluate))
+    _, imnet = demo_data()
+    cfg = load_config("config/vit.tiny.demo.yaml", vit_demo_args(imnet, str(tmp_path)) + [
+        "--mode=PYNATIVE", "--epoch_size=2", "--eval_interval=1", "--warmup_epochs=0",
+        "--loss_scale_type=dynamic", "--loss_scale=1024", "--autoaugment=none", "--mixup=0.0"])
+    ms.set_context(mode=ms.PYNATIVE_MODE)   # what setup_runtime does for --mode=PYNATIVE
+    state = train(cfg, 0, 1, log=lambda m: None)
+    assert state.epoch == 2 and state.global_step == 2 * 4
+    assert counts == {"TrainStep": 1, "scaler": 1, "unscale": 0, "evaluate": 2}
