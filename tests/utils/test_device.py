@@ -1,7 +1,6 @@
 """src/utils/device.py: selecting the device once per process at start-up (MindSpore's
 device and collective calls recorded by stubs), and handing the compiler's freed heap back
 to the OS."""
-import ctypes
 import os
 import platform
 import subprocess
@@ -24,22 +23,40 @@ def rss_mib():
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024.0
 
 
+FREED_HEAP_CHECK = """
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from src.utils import device
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024.0
+
+# 96 MiB of small blocks, all freed but the last: glibc keeps the pages below a live block
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+blocks = [libc.malloc(1024) for _ in range(96 * 1024)]
+for address in blocks:
+    ctypes.memset(address, 1, 1024)
+for address in blocks[:-1]:
+    libc.free(address)
+before = rss_mib()
+assert device.release_free_heap()
+after = rss_mib()
+libc.free(blocks[-1])
+print(before - after)
+"""
+
+
 @pytest.mark.skipif(not IS_GLIBC, reason="malloc_trim is glibc's")
 def test_release_free_heap_returns_freed_pages_to_the_os():
-    # 96 MiB of small blocks, all freed but the last: glibc keeps the pages below a live block
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    blocks = [libc.malloc(1024) for _ in range(96 * 1024)]
-    for address in blocks:
-        ctypes.memset(address, 1, 1024)
-    for address in blocks[:-1]:
-        libc.free(address)
-    before = rss_mib()
-    assert device.release_free_heap()
-    after = rss_mib()
-    libc.free(blocks[-1])
-    assert before - after > 48, (before, after)
+    # in a fresh process: late in a long one the blocks may land in holes of pages that
+    # other live allocations keep resident, which no trim can return
+    out = subprocess.run([sys.executable, "-c", FREED_HEAP_CHECK, REPO], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) > 48, out.stdout
 
 
 class Tiny(device.ReleasesCompileMemory):
