@@ -18,11 +18,6 @@ from src.utils.config import load_config
 IS_GLIBC = platform.libc_ver()[0] == "glibc"
 
 
-def rss_mib():
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS")) / 1024.0
-
-
 FREED_HEAP_CHECK = """
 import ctypes, sys
 sys.path.insert(0, sys.argv[1])
