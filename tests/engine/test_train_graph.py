@@ -1,6 +1,7 @@
 """The compiled training graph of the reference backend (what Ascend runs) holds no float64
 tensor and no UniformReal (``ops.uniform``, documented for GPU and CPU only): read from the
-IR MindSpore writes after compiling a SegFormer TrainStep in GRAPH mode."""
+IR MindSpore writes after compiling the trainer's step cell (``ScheduledTrainStep`` around a
+SegFormer ``TrainStep``) in GRAPH mode."""
 import glob
 import os
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from src.engine.amp import build_loss_scaler
 from src.engine.optim import build_optimizer
-from src.engine.train_step import TrainStep
+from src.engine.train_step import ScheduledTrainStep, TrainStep
 from src.models.backends import load_backend
 from src.utils.config import load_config
 from tests.engine.train_helpers import tiny_segformer
@@ -24,16 +25,16 @@ ms.set_context(mode=ms.GRAPH_MODE)
 cfg = load_config("", ["--optimizer=adamw"])
 net = tiny_segformer(drop_path_rate=0.2, kernel_backend="reference")
 loss_fn = load_backend("reference").SegmentationCrossEntropy(255)
-step = TrainStep(net, loss_fn, build_optimizer(net, cfg), build_loss_scaler(cfg),
-                 device_target="CPU")
+step = ScheduledTrainStep(TrainStep(net, loss_fn, build_optimizer(net, cfg), build_loss_scaler(cfg),
+                                    device_target="CPU"), np.linspace(1e-3, 0, 10))
 step.set_train(True)
 step.compile(ms.Tensor(np.zeros((2, 3, 64, 64), np.float32)),
-             ms.Tensor(np.zeros((2, 64, 64), np.int32)), ms.Tensor(1e-3, ms.float32))
+             ms.Tensor(np.zeros((2, 64, 64), np.int32)))
 """
 
 
 def compiled_train_graph(directory):
-    """The text of the TrainStep's graph after the frontend's last pass (``*_validate_*``)."""
+    """The text of the step cell's graph after the frontend's last pass (``*_validate_*``)."""
     env = dict(os.environ, MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=str(directory))
     proc = subprocess.run([sys.executable, "-c", COMPILE], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -47,8 +48,10 @@ def compiled_train_graph(directory):
 def test_training_graph_has_no_float64_and_no_uniform_real(tmp_path):
     graph = compiled_train_graph(tmp_path)
     operators = set(re.findall(r"= (?:PrimFunc_)?([A-Z]\w*)\(", graph))
-    # the graph is the whole step: forward with dropout, backward, update, overflow check
-    assert {"Dropout", "AdamWeightDecay", "IsFinite", "LayerNormGrad"} <= operators, operators
+    # the graph is the whole step: lr from the schedule, forward with dropout, backward,
+    # update, overflow check, tallies
+    assert {"Gather", "Dropout", "AdamWeightDecay", "IsFinite", "LayerNormGrad",
+            "AssignAdd"} <= operators, operators
     assert "UniformReal" not in operators
     # tensors only: MindSpore's own backward rules carry Python-float immediates (F64(...))
     float64 = [line.strip() for line in graph.splitlines()
