@@ -14,7 +14,9 @@ Exact resume: a checkpoint holds the global step G; the resumed run starts the s
 epoch G // steps_per_epoch (``ShardSampler.set_epoch``) and reads its first
 G % steps_per_epoch batches without training on them; augmentation draws are
 seeded per (seed, epoch, sample), so the resumed run reads the same
-batches with the same augmentation, at the same lr, optimiser moments and loss scale.
+batches with the same augmentation, at the same lr, optimiser moments and loss scale;
+dropout and stochastic depth draw from a key set before each step from (seed, global step)
+(``src/models/stochastic.py``), so their masks are the uninterrupted run's too.
 
 Stops with a clear error after ``max_consecutive_overflow_steps`` non-finite steps in a
 row, before saving a non-finite tensor, and on SIGINT/SIGTERM (naming the position and the
@@ -37,6 +39,7 @@ from src.engine.optim import build_optimizer, describe_param_groups, param_group
 from src.engine.schedules import build_lr_schedule, total_iterations
 from src.engine.train_step import TrainStep, set_gradient_fusion
 from src.models import is_segmentation
+from src.models.stochastic import number_streams, set_step
 from src.utils.checkpoint import load_checkpoint
 
 RANK_SAVE_CKPT = ("rank0", "all")
@@ -129,6 +132,9 @@ class Trainer:
         self.state = TrainState()
         self.checkpoints = checkpoints or CheckpointManager(cfg, rank_id, group_size, log)
         self.metric_name = "mIoU" if is_segmentation(cfg) else "top1"
+        # dropout and stochastic depth draw as a function of (seed, global step, layer):
+        # a resumed run draws what the uninterrupted run drew (src/models/stochastic.py)
+        self.random_layers = number_streams(net)
         self.train_net = apply_amp(net, cfg.amp_level)
         reducer = None
         if group_size > 1:
@@ -293,6 +299,7 @@ class Trainer:
                     # epoch read whole, and skipping them keeps the later batches in place
                     continue
                 lr = self.lr_schedule[state.global_step]
+                set_step(cfg.seed, state.global_step)
                 loss, overflow, scale = self.step_cell(images, labels, ms.Tensor(lr, ms.float32))
                 state.global_step += 1
                 self.position = (f"epoch {epoch}/{self.epochs}, step {step}/{spe} (global step "

@@ -1,6 +1,7 @@
 """The compiled training graph of the reference backend (what Ascend runs) holds no float64
-tensor and no UniformReal (``ops.uniform``, documented for GPU and CPU only): read from the
-IR MindSpore writes after compiling a SegFormer TrainStep in GRAPH mode."""
+tensor, no UniformReal (``ops.uniform``, documented for GPU and CPU only) and no random
+kernel with a hidden draw counter (Dropout ...: a resumed run would draw differently): read
+from the IR MindSpore writes after compiling a SegFormer TrainStep in GRAPH mode."""
 import glob
 import os
 import re
@@ -46,9 +47,13 @@ def compiled_train_graph(directory):
 def test_training_graph_has_no_float64_and_no_uniform_real(tmp_path):
     graph = compiled_train_graph(tmp_path)
     operators = set(re.findall(r"= (?:PrimFunc_)?([A-Z]\w*)\(", graph))
-    # the graph is the whole step: forward with dropout, backward, update, overflow check
-    assert {"Dropout", "AdamWeightDecay", "IsFinite", "LayerNormGrad"} <= operators, operators
+    # the graph is the whole step: forward with stochastic depth and dropout (the counter-based
+    # generator of src/models/stochastic.py), backward, update, overflow check
+    assert {"BitwiseXor", "FloorDiv", "AdamWeightDecay", "IsFinite",
+            "LayerNormGrad"} <= operators, operators
     assert "UniformReal" not in operators
+    # no kernel-state random op: its draws would restart in a resumed process
+    assert not {"Dropout", "StandardNormal", "UniformInt"} & operators, operators
     # tensors only: MindSpore's own backward rules carry Python-float immediates (F64(...))
     float64 = [line.strip() for line in graph.splitlines()
                if "Tensor[Float64]" in line or "dtype=Float64" in line]

@@ -250,3 +250,40 @@ def test_bad_gradient_fusion_split_is_a_clear_error(bad):
     with pytest.raises(TrainError, match=r"config key 'grad_fusion_split': expected increasing "
                                          r"fractions between 0 and 1 .*got \["):
         check_train_config(load_config("", [f"--grad_fusion_split={bad}"]))
+
+
+def test_each_step_draws_with_the_key_of_its_seed_and_global_step(tmp_path):
+    """Before global step G the trainer sets the dropout / stochastic-depth key of (seed, G),
+    and numbers the network's random layers in cell order: the draws of a step do not depend
+    on what ran before it in this process (what makes a resumed run draw the same)."""
+    from src.models import stochastic
+
+    cfg = load_config("", ["--epoch_size=1", "--train_log_interval=1", "--run_eval=False",
+                           "--save_checkpoint=False", f"--checkpoint_path={tmp_path}",
+                           "--seed=123"])
+
+    class Data:
+        def get_dataset_size(self):
+            return 3
+
+        def create_tuple_iterator(self, num_epochs):
+            return iter([(None, None)] * 3)
+
+    stochastic.set_step(0, 99)
+    net = tiny_segformer(drop_path_rate=0.2)
+    trainer = Trainer(cfg, net, Data(), log=lambda m: None)
+    layers = [cell for _, cell in net.cells_and_names() if isinstance(cell, stochastic.StochasticCell)]
+    assert trainer.random_layers == len(layers) > 4
+    assert [layer.stream for layer in layers] == list(range(len(layers)))
+    keys = []
+
+    def step_cell(images, labels, lr):
+        keys.append(stochastic.STEP_KEY.key.asnumpy().copy())
+        return ms.Tensor(0.5), ms.Tensor(False), ms.Tensor(1.0)
+
+    trainer.step_cell = step_cell
+    trainer.fit()
+    assert len(keys) == 3
+    for step, key in enumerate(keys):
+        np.testing.assert_array_equal(key, stochastic.step_key(123, step))
+    assert len({key.tobytes() for key in keys}) == 3
