@@ -272,7 +272,8 @@ def test_each_step_draws_with_the_key_of_its_seed_and_global_step(tmp_path):
     stochastic.set_step(0, 99)
     net = tiny_segformer(drop_path_rate=0.2)
     trainer = Trainer(cfg, net, Data(), log=lambda m: None)
-    layers = [cell for _, cell in net.cells_and_names() if isinstance(cell, stochastic.StochasticCell)]
+    layers = [cell for _, cell in net.cells_and_names()
+              if isinstance(cell, stochastic.StochasticCell)]
     assert trainer.random_layers == len(layers) > 4
     assert [layer.stream for layer in layers] == list(range(len(layers)))
     keys = []
