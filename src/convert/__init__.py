@@ -172,7 +172,7 @@ def convert_checkpoint(pt_path, ms_path, config_path="", overrides=(), log=print
     Returns a summary dict; raises ConversionError/ConfigError naming the offending key."""
     from mindspore.nn.utils import no_init_parameters
     from src.models import build_model
-    from src.utils.checkpoint import CLASSIFIER_PREFIXES, count_by_prefix, save_checkpoint
+    from src.utils.checkpoint import classifier_prefixes, count_by_prefix, save_checkpoint
 
     state_dict = read_state_dict(pt_path)
     fmt = detect_format(state_dict, pt_path)
@@ -187,7 +187,7 @@ def convert_checkpoint(pt_path, ms_path, config_path="", overrides=(), log=print
         net = build_model(cfg)
     allow_missing = _absent_components(converted, net)
     if cfg.drop_head:
-        allow_missing += CLASSIFIER_PREFIXES
+        allow_missing += classifier_prefixes(net)
     try:
         missing = check_against_net(converted, net, allow_missing)
     except ConversionError as err:

@@ -21,7 +21,8 @@ everything else (DeiT distillation tokens, layer scale, register tokens, avg-poo
 Class-dependent tensors (ViT ``head``; Segmenter ``decoder.cls_emb``/``decoder.mask_norm``
 or ``decoder.head``) whose class count differs from ``cfg.class_num`` are an error, unless
 ``cfg.drop_head`` is true: then they are skipped, reported, and left freshly initialised
-(``CLASSIFIER_PREFIXES`` in ``src/utils/checkpoint.py`` lets them be missing at load time).
+(the model's ``classifier_prefixes``, read by ``src/utils/checkpoint.py``, lets them be missing
+at load time).
 """
 import re
 

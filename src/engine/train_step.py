@@ -37,6 +37,7 @@ from mindspore import Tensor, nn, ops
 from mindspore.common import dtype as mstype
 from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
+from src.models import stochastic
 from src.utils.device import ReleasesCompileMemory
 
 _unscale = ops.MultitypeFuncGraph("unscale")
@@ -135,8 +136,10 @@ class TrainStep(ReleasesCompileMemory):
 
 class ScheduledTrainStep(ReleasesCompileMemory):
     """``TrainStep`` driven by its own iteration counter: ``step(images, labels)`` runs
-    iteration ``global_step`` at ``lr_schedule[global_step]`` and keeps running tallies on
-    the device, so that nothing per step has to cross to the host. The trainer reads the
+    iteration ``global_step`` at ``lr_schedule[global_step]``, with the dropout and
+    stochastic-depth key of (``seed``, ``global_step``) (``src/models/stochastic.py``: a
+    resumed run draws what the uninterrupted one drew), and keeps running tallies on the
+    device, so that nothing per step has to cross to the host. The trainer reads the
     tallies once per log line (``read_tallies``); with data sinking (``ms.data_sink``) the
     device runs several steps per call and returns only the last one's outputs, so the
     tallies are what it can read at all.
@@ -147,9 +150,10 @@ class ScheduledTrainStep(ReleasesCompileMemory):
     plus the last step's loss and overflow flag.
     """
 
-    def __init__(self, train_step, lr_schedule):
+    def __init__(self, train_step, lr_schedule, seed):
         super().__init__(auto_prefix=False)
         self.train_step = train_step
+        self.seed_key = Tensor(stochastic.seed_constants(seed))
         self.loss_scaler = train_step.loss_scaler
         i32, f32 = mstype.int32, mstype.float32
         self.lr_schedule = ms.Parameter(Tensor(lr_schedule, f32), "tally.lr_schedule",
@@ -166,6 +170,9 @@ class ScheduledTrainStep(ReleasesCompileMemory):
         self.last_scale = ms.Parameter(Tensor(0.0, f32), "tally.last_scale", requires_grad=False)
 
     def construct(self, images, labels):
+        keyed = ops.assign(stochastic.STEP_KEY.key,
+                           stochastic.step_key_of(self.global_step, self.seed_key))
+        images = ops.depend(images, keyed)
         lr = ops.gather(self.lr_schedule, self.global_step, 0)
         loss, overflow, scale = self.train_step(images, labels, lr)
         skipped = ops.cast(overflow, mstype.int32)

@@ -16,7 +16,9 @@ Exact resume: a checkpoint holds the global step G; the resumed run starts the s
 epoch G // steps_per_epoch (``ShardSampler.set_epoch``) and reads its first
 G % steps_per_epoch batches without training on them; augmentation draws are
 seeded per (seed, epoch, sample), so the resumed run reads the same
-batches with the same augmentation, at the same lr, optimiser moments and loss scale.
+batches with the same augmentation, at the same lr, optimiser moments and loss scale;
+dropout and stochastic depth draw from a key set before each step from (seed, global step)
+(``src/models/stochastic.py``), so their masks are the uninterrupted run's too.
 
 Stops with a clear error after ``max_consecutive_overflow_steps`` non-finite steps in a
 row, before saving a non-finite tensor, and on SIGINT/SIGTERM (naming the position and the
@@ -39,6 +41,7 @@ from src.engine.optim import build_optimizer, describe_param_groups, param_group
 from src.engine.schedules import build_lr_schedule, total_iterations
 from src.engine.train_step import ScheduledTrainStep, TrainStep, set_gradient_fusion
 from src.models import is_segmentation
+from src.models.stochastic import number_streams
 from src.utils.checkpoint import load_checkpoint
 
 RANK_SAVE_CKPT = ("rank0", "all")
@@ -181,6 +184,9 @@ class Trainer:
         self.state = TrainState()
         self.checkpoints = checkpoints or CheckpointManager(cfg, rank_id, group_size, log)
         self.metric_name = "mIoU" if is_segmentation(cfg) else "top1"
+        # dropout and stochastic depth draw as a function of (seed, global step, layer):
+        # a resumed run draws what the uninterrupted run drew (src/models/stochastic.py)
+        self.random_layers = number_streams(net)
         self.train_net = apply_amp(net, cfg.amp_level)
         reducer = None
         if group_size > 1:
@@ -191,7 +197,7 @@ class Trainer:
                                                 degree=group_size)
         train_step = TrainStep(self.train_net, build_loss(cfg), self.optimizer, self.loss_scaler,
                                cfg.clip_grad_norm, reducer, device_target=cfg.device_target)
-        self.step_cell = ScheduledTrainStep(train_step, self.lr_schedule)
+        self.step_cell = ScheduledTrainStep(train_step, self.lr_schedule, int(cfg.seed))
         self.step_cell.set_train(True)
         self.sink_size, self.sink_note = sink_plan(cfg, self.steps_per_epoch, self.total_iters)
         self.jit_config = (ms.JitConfig(jit_level=cfg.jit_level)

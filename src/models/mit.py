@@ -19,6 +19,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.common.initializer import Normal, TruncatedNormal, Zero
 
+from src.models import stochastic
 from src.utils.config import ConfigError
 
 # Per-variant hyperparameters (shared/notes/anchors.md section 1).
@@ -80,7 +81,7 @@ class EfficientAttention(nn.Cell):
         self.kv = dense(dim, dim * 2)
         self.attention = backend.Attention(num_heads, dim // num_heads, attn_drop=attn_drop)
         self.proj = dense(dim, dim)
-        self.proj_drop = nn.Dropout(p=proj_drop)
+        self.proj_drop = stochastic.Dropout(p=proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = backend.SpatialReductionConv(dim, sr_ratio, **conv_init(sr_ratio, dim))
@@ -114,11 +115,13 @@ class MixFFN(nn.Cell):
         self.dwconv = DWConv(backend, hidden_dim)
         self.act = backend.GELU()
         self.fc2 = dense(hidden_dim, dim)
-        self.drop = nn.Dropout(p=drop)
+        # one random layer per use: each draws its own mask (see stochastic.StochasticCell)
+        self.drop1 = stochastic.Dropout(p=drop)
+        self.drop2 = stochastic.Dropout(p=drop)
 
     def construct(self, x, height, width):
         x = self.act(self.dwconv(self.fc1(x), height, width))
-        return self.drop(self.fc2(self.drop(x)))
+        return self.drop2(self.fc2(self.drop1(x)))
 
 
 class Block(nn.Cell):
@@ -130,13 +133,16 @@ class Block(nn.Cell):
         self.norm1 = backend.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.attn = EfficientAttention(backend, dim, num_heads, sr_ratio, attn_drop=attn_drop,
                                        proj_drop=drop)
-        self.drop_path = backend.DropPath(drop_path)
+        # one per branch: the two branches draw their own per-sample masks (timm's
+        # drop_path1 / drop_path2)
+        self.drop_path1 = backend.DropPath(drop_path)
+        self.drop_path2 = backend.DropPath(drop_path)
         self.norm2 = backend.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.mlp = MixFFN(backend, dim, int(dim * mlp_ratio), drop=drop)
 
     def construct(self, x, height, width):
-        x = x + self.drop_path(self.attn(self.norm1(x), height, width))
-        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+        x = x + self.drop_path1(self.attn(self.norm1(x), height, width))
+        return x + self.drop_path2(self.mlp(self.norm2(x), height, width))
 
 
 class MixVisionTransformer(nn.Cell):

@@ -17,6 +17,10 @@ DECODER_DIMS = {"mit_b0": 256, "mit_b1": 256, "mit_b2": 768, "mit_b3": 768, "mit
 
 
 class SegFormer(ReleasesCompileMemory):
+    # the class-count-dependent parameters (a checkpoint converted with drop_head=True lacks
+    # them); read by src/utils/checkpoint.py and src/convert through ``classifier_prefixes``
+    classifier_prefixes = ("decode_head.linear_pred.",)
+
     def __init__(self, backbone, decode_head):
         super().__init__()
         self.backbone = backbone

@@ -31,6 +31,7 @@ with dynamic H/W resizes to any input size).
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.models import stochastic
 
 
 class MLP(nn.Cell):
@@ -71,7 +72,7 @@ class SegFormerHead(nn.Cell):
         self.linear_fuse = ConvBNReLU(4 * embed_dim, embed_dim, norm_layer=norm_layer)
         # mmseg BaseDecodeHead: Dropout2d, whole channels of each image zeroed (and the rest
         # scaled by 1 / (1 - p)), not single values
-        self.dropout = nn.Dropout2d(p=dropout)
+        self.dropout = stochastic.Dropout2d(p=dropout)
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1, has_bias=True)
         self.resize = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
         self.embed_dim = embed_dim

@@ -30,6 +30,8 @@ DECODERS = ("mask_transformer", "linear")
 class LinearDecoder(nn.Cell):
     """Per-patch linear classifier: ``[B, N, D]`` -> ``[B, n_cls, gh, gw]``."""
 
+    classifier_prefixes = ("head.",)   # the class-count-dependent parameters
+
     def __init__(self, class_num, d_encoder):
         super().__init__()
         self.class_num = class_num
@@ -53,6 +55,8 @@ class MaskTransformer(nn.Cell):
     def __init__(self, backend, class_num, d_encoder, n_layers=2, d_model=None, n_heads=None,
                  dropout=0.1, drop_path_rate=0.0, eps=SEGMENTER_LAYER_NORM_EPS):
         super().__init__()
+        # the class-count-dependent parameters
+        self.classifier_prefixes = ("cls_emb", "mask_norm.")
         d_model = d_encoder if d_model is None else d_model
         n_heads = d_model // 64 if n_heads is None else n_heads
         if n_layers < 1:
@@ -104,6 +108,8 @@ class Segmenter(ReleasesCompileMemory):
         self.encoder = encoder
         self.decoder = decoder
         self.patch_size = encoder.patch_size
+        # the class-count-dependent parameters: the decoder's (see ``classifier_prefixes``)
+        self.classifier_prefixes = tuple("decoder." + p for p in decoder.classifier_prefixes)
 
     def construct(self, x):
         h, w = x.shape[2], x.shape[3]

@@ -22,6 +22,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeUniform, TruncatedNormal, Zero, initializer
 
+from src.models import stochastic
 from src.utils.config import ConfigError
 from src.utils.device import ReleasesCompileMemory
 
@@ -102,7 +103,7 @@ class Attention(nn.Cell):
         self.qkv = dense(dim, dim * 3)
         self.attention = backend.SelfAttention(num_heads, dim // num_heads, attn_drop=attn_drop)
         self.proj = dense(dim, dim)
-        self.proj_drop = nn.Dropout(p=proj_drop)
+        self.proj_drop = stochastic.Dropout(p=proj_drop)
 
     def construct(self, x):
         return self.proj_drop(self.proj(self.attention(self.qkv(x))))
@@ -116,10 +117,12 @@ class Mlp(nn.Cell):
         self.fc1 = backend.LinearGELU(dim, hidden_dim, weight_init=TruncatedNormal(0.02),
                                       bias_init=Zero())
         self.fc2 = dense(hidden_dim, dim)
-        self.drop = nn.Dropout(p=drop)
+        # one random layer per use: each draws its own mask (see stochastic.StochasticCell)
+        self.drop1 = stochastic.Dropout(p=drop)
+        self.drop2 = stochastic.Dropout(p=drop)
 
     def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.fc1(x))))
+        return self.drop2(self.fc2(self.drop1(self.fc1(x))))
 
 
 class Block(nn.Cell):
@@ -130,13 +133,16 @@ class Block(nn.Cell):
         super().__init__()
         self.norm1 = backend.LayerNorm(dim, eps=eps)
         self.attn = Attention(backend, dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = backend.DropPath(drop_path)
+        # one per branch: the two branches draw their own per-sample masks (timm's
+        # drop_path1 / drop_path2)
+        self.drop_path1 = backend.DropPath(drop_path)
+        self.drop_path2 = backend.DropPath(drop_path)
         self.norm2 = backend.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(backend, dim, int(dim * mlp_ratio), drop=drop)
 
     def construct(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class VisionTransformer(ReleasesCompileMemory):
@@ -159,6 +165,9 @@ class VisionTransformer(ReleasesCompileMemory):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.class_num = class_num
+        # the class-count-dependent parameters (a checkpoint converted with drop_head=True
+        # lacks them); read by src/utils/checkpoint.py and src/convert
+        self.classifier_prefixes = ("head.",) if class_num else ()
         self.grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
 
@@ -168,7 +177,7 @@ class VisionTransformer(ReleasesCompileMemory):
         self.pos_embed = ms.Parameter(initializer(TruncatedNormal(0.02),
                                                   (1, num_patches + 1, embed_dim), ms.float32),
                                       name="pos_embed")
-        self.pos_drop = nn.Dropout(p=drop_rate)
+        self.pos_drop = stochastic.Dropout(p=drop_rate)
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.CellList([
             Block(backend, embed_dim, num_heads, mlp_ratio, drop=drop_rate,

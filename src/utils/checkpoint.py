@@ -143,10 +143,13 @@ def find_latest(directory, prefix=""):
 
 
 ENCODER_PREFIXES = ("backbone.", "encoder.")
-# Class-count-dependent tensors of each model family (SegFormer, Segmenter mask/linear, ViT):
-# a checkpoint converted with drop_head=True lacks them when class_num changed.
-CLASSIFIER_PREFIXES = ("decode_head.linear_pred.", "decoder.cls_emb", "decoder.mask_norm.",
-                       "decoder.head.", "head.")
+
+
+def classifier_prefixes(net):
+    """Name prefixes of the network's class-count-dependent parameters, as the model class
+    declares them (``classifier_prefixes``): a checkpoint converted with drop_head=True lacks
+    them when class_num changed."""
+    return tuple(getattr(net, "classifier_prefixes", ()))
 
 
 def count_by_prefix(names):
@@ -163,14 +166,14 @@ def load_pretrained(net, path, log=print):
 
     A backbone-only checkpoint (every name under ``backbone.`` or ``encoder.``) leaves the
     rest of the network freshly initialised; a checkpoint converted with ``drop_head=True``
-    may lack the classifier (``CLASSIFIER_PREFIXES``). Whatever stays freshly initialised is
+    may lack the classifier (the model's ``classifier_prefixes``). Whatever stays freshly initialised is
     reported by name prefix and count; anything else missing, and anything mis-shaped or
     unexpected, is an error. Returns (loaded names, missing names).
     """
     param_dict = load_checkpoint(path)
     if not param_dict:
         raise CheckpointError(f"pretrained checkpoint {path} holds no tensors")
-    allow_missing = CLASSIFIER_PREFIXES
+    allow_missing = classifier_prefixes(net)
     if all(name.startswith(ENCODER_PREFIXES) for name in param_dict):
         allow_missing += tuple(sorted({p.name.split(".", 1)[0] + "." for p in net.get_parameters()
                                        if not p.name.startswith(ENCODER_PREFIXES)}))

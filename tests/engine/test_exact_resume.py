@@ -5,10 +5,11 @@ loss scale as an uninterrupted run, bit for bit.
 The run is scheduled by iterations (max_iters 10 at 4 steps per epoch: a partial last
 epoch), writes a step checkpoint every 3 iterations, and resumes from iteration 3 (step 3
 of epoch 1), so the resumed process must start the sampler in the middle of an epoch.
-Stochastic depth and dropout are 0: their in-graph random kernels (UniformReal for the cpu
-backend's DropPath, Dropout) keep a draw counter inside the compiled graph that a new
-process restarts, and MindSpore 2.10 offers no way to set it, so their draws after a resume
-differ from the uninterrupted run's. Augmentation (crop, flip, scale, photometric) is on.
+Stochastic depth (drop_path_rate 0.3) and the head's channel dropout (0.3) are on, on both
+kernel backends: their draws are a function of (seed, global step, layer)
+(src/models/stochastic.py), so the resumed process draws the masks the uninterrupted one drew
+(MindSpore's own random kernels keep a draw counter that a new process restarts).
+Augmentation (crop, flip, scale, photometric) is on.
 """
 import os
 import re
@@ -23,13 +24,15 @@ from src.utils.checkpoint import load_checkpoint
 from tests.engine.train_helpers import ROOT, demo_data, seg_demo_args
 
 
-def train_cmd(city, out):
+def train_cmd(city, out, kernel_backend, mode):
+    args = [arg for arg in seg_demo_args(city, out) if not arg.startswith("--mode=")]
     return [sys.executable, os.path.join(ROOT, "train.py"),
-            "--config_path=config/segformer.b0.demo.yaml", *seg_demo_args(city, out),
+            "--config_path=config/segformer.b0.demo.yaml", *args, f"--mode={mode}",
             "--epoch_size=0", "--max_iters=10", "--save_checkpoint_steps=3",
             "--warmup_iters=3", "--lr=1e-3", "--run_eval=False", "--keep_checkpoint_max=0",
             "--train_log_interval=1", "--loss_scale_type=dynamic", "--loss_scale=1024",
-            "--loss_scale_window=2", "--drop_path_rate=0.0", "--decoder_dropout=0.0"]
+            "--loss_scale_window=2", "--drop_path_rate=0.3", "--decoder_dropout=0.3",
+            f"--kernel_backend={kernel_backend}"]
 
 
 def start(cmd, out, extra=()):
@@ -43,11 +46,14 @@ def read(path):
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_after_step_checkpoint_resumes_bit_for_bit(tmp_path):
+# both backends in GRAPH (the cpu one is this machine's default, the reference one Ascend's
+# graph); PYNATIVE draws the same keys (tests/engine/test_trainer.py, test_stochastic.py)
+@pytest.mark.parametrize("kernel_backend, mode", [("cpu", "GRAPH"), ("reference", "GRAPH")])
+def test_killed_mid_epoch_after_step_checkpoint_resumes_bit_for_bit(tmp_path, kernel_backend, mode):
     city, _ = demo_data()
     ref_dir, run_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-    ref = start(train_cmd(city, ref_dir), ref_dir)
-    proc = start(train_cmd(city, run_dir), run_dir)
+    ref = start(train_cmd(city, ref_dir, kernel_backend, mode), ref_dir)
+    proc = start(train_cmd(city, run_dir, kernel_backend, mode), run_dir)
     log_path = os.path.join(run_dir, "train.log")
     end = time.time() + 300
     # global step 5 = epoch 2, step 1: after the iteration-3 checkpoint, in the middle of
@@ -60,7 +66,7 @@ def test_killed_mid_epoch_after_step_checkpoint_resumes_bit_for_bit(tmp_path):
     ckpt_dir = os.path.join(run_dir, "ckpt")
     assert sorted(os.listdir(ckpt_dir)) == [".train.lock", "segformer_mit_b0_iter_3.ckpt"]
 
-    resumed = start(train_cmd(city, run_dir), run_dir, ["--auto_resume=True"])
+    resumed = start(train_cmd(city, run_dir, kernel_backend, mode), run_dir, ["--auto_resume=True"])
     assert resumed.wait(timeout=300) == 0, read(os.path.join(run_dir, "console.txt"))[-3000:]
     assert ref.wait(timeout=300) == 0, read(os.path.join(ref_dir, "console.txt"))[-3000:]
     log = read(log_path)

@@ -21,16 +21,15 @@ STEP_LINE = re.compile(r"^Epoch (\d+)/3, step:(\d+)/4, loss:(\S+), overflow:(\S+
 def train_args(city, out):
     # dynamic loss scale with a window of 3 clean steps: the scale doubles during the run, so
     # the logged scale shows whether the scale and its counter were restored.
-    # decoder_dropout 0: MindSpore 2.10's CPU Dropout kernel draws different masks when two
-    # processes compete for the cores (seen: runs identical when sequential, apart from step
-    # 6-7 when concurrent); DropPath (the cpu backend's, ops.rand) stays deterministic, so it
-    # remains on.
+    # Stochastic depth and the head's dropout are on: their draws are a function of (seed,
+    # global step, layer) (src/models/stochastic.py), also when the two processes compete for
+    # the cores (MindSpore 2.10's CPU Dropout kernel drew different masks then).
     return [sys.executable, os.path.join(ROOT, "train.py"),
             "--config_path=config/segformer.b0.demo.yaml", *seg_demo_args(city, out),
             "--epoch_size=3", "--warmup_iters=3", "--lr=1e-3", "--run_eval=False",
             "--save_checkpoint_epoch_interval=1", "--keep_checkpoint_max=5",
             "--train_log_interval=1", "--loss_scale_type=dynamic", "--loss_scale=1024",
-            "--loss_scale_window=3", "--decoder_dropout=0.0"]
+            "--loss_scale_window=3", "--drop_path_rate=0.1", "--decoder_dropout=0.1"]
 
 
 def start(args, out, extra=()):

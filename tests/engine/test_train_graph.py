@@ -1,7 +1,8 @@
 """The compiled training graph of the reference backend (what Ascend runs) holds no float64
-tensor and no UniformReal (``ops.uniform``, documented for GPU and CPU only): read from the
-IR MindSpore writes after compiling the trainer's step cell (``ScheduledTrainStep`` around a
-SegFormer ``TrainStep``) in GRAPH mode."""
+tensor, no UniformReal (``ops.uniform``, documented for GPU and CPU only) and no random
+kernel with a hidden draw counter (Dropout ...: a resumed run would draw differently): read
+from the IR MindSpore writes after compiling the trainer's step cell (``ScheduledTrainStep``
+around a SegFormer ``TrainStep``) in GRAPH mode."""
 import glob
 import os
 import re
@@ -26,7 +27,8 @@ cfg = load_config("", ["--optimizer=adamw"])
 net = tiny_segformer(drop_path_rate=0.2, kernel_backend="reference")
 loss_fn = load_backend("reference").SegmentationCrossEntropy(255)
 step = ScheduledTrainStep(TrainStep(net, loss_fn, build_optimizer(net, cfg), build_loss_scaler(cfg),
-                                    device_target="CPU"), np.linspace(1e-3, 0, 10))
+                                    device_target="CPU"), np.linspace(1e-3, 0, 10),
+                          seed=0)
 step.set_train(True)
 step.compile(ms.Tensor(np.zeros((2, 3, 64, 64), np.float32)),
              ms.Tensor(np.zeros((2, 64, 64), np.int32)))
@@ -48,11 +50,14 @@ def compiled_train_graph(directory):
 def test_training_graph_has_no_float64_and_no_uniform_real(tmp_path):
     graph = compiled_train_graph(tmp_path)
     operators = set(re.findall(r"= (?:PrimFunc_)?([A-Z]\w*)\(", graph))
-    # the graph is the whole step: lr from the schedule, forward with dropout, backward,
-    # update, overflow check, tallies
-    assert {"Gather", "Dropout", "AdamWeightDecay", "IsFinite", "LayerNormGrad",
+    # the graph is the whole step: lr from the schedule, forward with stochastic depth and
+    # dropout (the counter-based generator of src/models/stochastic.py), backward, update,
+    # overflow check, tallies
+    assert {"Gather", "BitwiseXor", "FloorDiv", "AdamWeightDecay", "IsFinite", "LayerNormGrad",
             "AssignAdd"} <= operators, operators
     assert "UniformReal" not in operators
+    # no kernel-state random op: its draws would restart in a resumed process
+    assert not {"Dropout", "StandardNormal", "UniformInt"} & operators, operators
     # tensors only: MindSpore's own backward rules carry Python-float immediates (F64(...))
     float64 = [line.strip() for line in graph.splitlines()
                if "Tensor[Float64]" in line or "dtype=Float64" in line]

@@ -267,3 +267,36 @@ def test_a_training_run_builds_one_train_step_and_never_calls_the_scalers_unscal
     state = train(cfg, 0, 1, log=lambda m: None)
     assert state.epoch == 2 and state.global_step == 2 * 4
     assert counts == {"TrainStep": 1, "scaler": 1, "unscale": 0, "evaluate": 2}
+
+
+def test_each_step_draws_with_the_key_of_its_seed_and_global_step(tmp_path):
+    """The trainer's step cell sets the dropout / stochastic-depth key of (seed, G) before
+    global step G, on the device, and the trainer numbers the network's random layers in cell
+    order: the draws of a step do not depend on what ran before it in this process (what
+    makes a resumed run draw the same)."""
+    from src.models import stochastic
+    from tests.models.test_stochastic import numpy_step_key
+
+    cfg = load_config("", ["--epoch_size=1", "--run_eval=False", "--save_checkpoint=False",
+                           f"--checkpoint_path={tmp_path}", "--seed=123", "--loss_scale_type=none"])
+    stochastic.set_step(0, 99)
+    net = tiny_segformer(drop_path_rate=0.2)
+    class TenBatches:
+        def get_dataset_size(self):
+            return 10
+
+    trainer = Trainer(cfg, net, TenBatches(), log=lambda m: None)
+    layers = [cell for _, cell in net.cells_and_names()
+              if isinstance(cell, stochastic.StochasticCell)]
+    assert trainer.random_layers == len(layers) > 4
+    assert [layer.stream for layer in layers] == list(range(len(layers)))
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
+    labels = ms.Tensor(rng.integers(0, 4, (1, 64, 64)).astype(np.int32))
+    trainer.step_cell.start_at(5)
+    keys = []
+    for _ in range(2):
+        trainer.step_cell(images, labels)
+        keys.append(stochastic.STEP_KEY.key.asnumpy().copy())
+    np.testing.assert_array_equal(keys[0], numpy_step_key(123, 5))
+    np.testing.assert_array_equal(keys[1], numpy_step_key(123, 6))

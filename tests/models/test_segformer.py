@@ -45,8 +45,9 @@ def test_parameter_count_matches_reference(variant):
 def test_stochastic_depth_grows_linearly_like_reference():
     with no_init_parameters():
         net = segformer("mit_b2", "--drop_path_rate=0.3")
-    ours = [block.drop_path.drop_prob for i in range(1, 5)
-            for block in getattr(net.backbone, f"block{i}")]
+    blocks = [block for i in range(1, 5) for block in getattr(net.backbone, f"block{i}")]
+    ours = [block.drop_path1.drop_prob for block in blocks]
+    assert ours == [block.drop_path2.drop_prob for block in blocks]   # one per branch
     with torch.device("meta"):
         hf = SegformerForSemanticSegmentation(hf_config("mit_b2", drop_path_rate=0.3))
     ref = [getattr(b.drop_path, "drop_prob", 0.0) for s in hf.segformer.stages for b in s.blocks]
@@ -124,11 +125,20 @@ def test_graph_mode_matches_pynative(b0_pair):
 
 
 def test_train_mode_runs_stochastic_depth_and_dropout(kernel_backend):
+    """The draws are those of the step set by ``stochastic.set_step`` (the trainer sets it
+    before each step): another step draws other masks, the same step the same ones."""
+    from src.models import stochastic
+
     net = segformer("mit_b0", "--drop_path_rate=0.5", f"--kernel_backend={kernel_backend}")
     net.set_train(True)
     x = ms.Tensor(np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype(np.float32))
-    a, b = net(x).asnumpy(), net(x).asnumpy()
+    outputs = []
+    for step in (0, 1, 0):
+        stochastic.set_step(0, step)
+        outputs.append(net(x).asnumpy())
+    a, b, again = outputs
     assert a.shape == (2, 19, 8, 8) and not np.allclose(a, b)
+    np.testing.assert_array_equal(a, again)
 
 
 def test_norm_eps_matches_reference_on_small_activations(b0_pair):

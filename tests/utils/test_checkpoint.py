@@ -76,3 +76,29 @@ def test_strict_load_reports_mismatch_missing_and_unexpected(tmp_path):
     loaded, missing = load_into_net(net, {"weight": small["weight"]}, allow_missing=("bias",))
     assert loaded == ["weight"] and missing == ["bias"]
     np.testing.assert_array_equal(net.weight.asnumpy(), small["weight"].asnumpy())
+
+
+@pytest.mark.parametrize("overrides", [["--model=segformer", "--backbone=mit_b0"],
+                                       ["--model=segmenter", "--backbone=vit_tiny_patch16_384"],
+                                       ["--model=segmenter", "--backbone=vit_tiny_patch16_384",
+                                        "--decoder=linear"],
+                                       ["--model=vit", "--backbone=vit_tiny_patch16_224"]])
+def test_each_model_declares_exactly_its_class_count_dependent_parameters(overrides):
+    """``classifier_prefixes`` (what a drop_head checkpoint may lack) is the model's own
+    declaration: exactly the parameters whose shape follows class_num."""
+    from mindspore.nn.utils import no_init_parameters
+    from src.models import build_model
+    from src.utils.checkpoint import classifier_prefixes
+    from src.utils.config import load_config
+
+    shapes = []
+    for class_num in (5, 7):
+        with no_init_parameters():
+            net = build_model(load_config("", overrides + [f"--class_num={class_num}"]))
+        shapes.append({p.name: tuple(p.shape) for p in net.get_parameters()})
+    assert list(shapes[0]) == list(shapes[1])
+    dependent = sorted(name for name in shapes[0] if shapes[0][name] != shapes[1][name])
+    prefixes = classifier_prefixes(net)
+    assert dependent and prefixes
+    assert sorted(name for name in shapes[0] if name.startswith(prefixes)) == dependent
+    assert all(any(name.startswith(p) for name in dependent) for p in prefixes)

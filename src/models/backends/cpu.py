@@ -332,21 +332,14 @@ class CpuSegmentationCrossEntropy(reference.SegmentationCrossEntropy):
 
 
 class CpuDropPath(reference.DropPath):
-    """The same per-sample draw, reproducible on a CPU and without a broadcasting multiply.
-
-    MindSpore 2.10's CPU Dropout kernel draws different masks in two runs with the same
-    seed (measured: the same graph, process after process), which makes a resumed or
-    repeated run diverge; ``ops.rand`` (the UniformReal kernel) repeats its draws. ``floor(
-    keep_prob + u)`` is 1 with probability keep_prob. (2.10 deprecates UniformReal for
-    ``mint.rand``, which has no CPU kernel in 2.10.) The factor is tiled to ``x``'s shape:
+    """The same per-sample draw (``stochastic.uniform``, a function of seed, global step and
+    layer), without a broadcasting multiply: the factor is tiled to ``x``'s shape, as
     MindSpore 2.10's CPU broadcasting Mul keeps 16 B per output element for the graph's
     lifetime.
     """
 
     def sample_scale(self, x):
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep = ops.floor(self.keep_prob + ops.rand(shape, dtype=ms.float32))
-        return ops.tile(keep * (1.0 / self.keep_prob), (1,) + x.shape[1:])
+        return ops.tile(super().sample_scale(x), (1,) + x.shape[1:])
 
 
 # The neutral layers of this backend (the names the models use; see reference.py)

@@ -13,6 +13,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.models import stochastic
+
 NAME = "reference"
 # The SegFormer head runs its layers one by one, as published (see segformer_head.py).
 FOLD_DECODE_HEAD = False
@@ -130,7 +132,7 @@ class Attention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
-        self.attn_drop = nn.Dropout(p=attn_drop)
+        self.attn_drop = stochastic.Dropout(p=attn_drop)
         self.scores_matmul = ops.BatchMatMul(transpose_b=True)
         self.values_matmul = ops.BatchMatMul()
         self.softmax = ops.Softmax(axis=-1)
@@ -163,15 +165,16 @@ class SelfAttention(Attention):
                            qkv[:, :, 2 * channels:])
 
 
-class DropPath(nn.Cell):
+class DropPath(stochastic.StochasticCell):
     """Stochastic depth per sample (timm's ``drop_path``): each sample's residual branch is
     kept with probability ``keep_prob`` and then scaled by ``1 / keep_prob``, or zeroed;
     identity at eval or ``drop_prob == 0``.
 
-    The per-sample factor is ``ops.dropout`` of a ``[B, 1, ...]`` tensor of ones: exactly
-    that draw, by the Dropout primitive, which MindSpore documents for Ascend, GPU and CPU
-    (``ops.uniform`` is documented for GPU and CPU only). Drawn in float32 (the mask of an
-    amp float16 activation is cast), broadcast over the sample.
+    The per-sample draw is ``stochastic.uniform`` (a function of the seed, the global step
+    and the layer, in integer ops MindSpore documents for Ascend, GPU and CPU), so a resumed
+    run draws what the uninterrupted run drew; ``ops.uniform`` is documented for GPU and CPU
+    only, and the Dropout primitive's draws restart in a new process. Drawn in float32 (the
+    mask of an amp float16 activation is cast), broadcast over the sample.
     """
 
     def __init__(self, drop_prob=0.0):
@@ -182,7 +185,7 @@ class DropPath(nn.Cell):
     def sample_scale(self, x):
         """``1 / keep_prob`` or 0 per sample, float32, shaped to multiply ``x``."""
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return ops.dropout(ops.ones(shape, ms.float32), p=self.drop_prob)
+        return self.keep_mask(shape, self.keep_prob) * (1.0 / self.keep_prob)
 
     def construct(self, x):
         if not self.training or self.drop_prob == 0.0:
