@@ -5,6 +5,8 @@ MindSpore 2.10 refuses ``ms.data_sink`` on CPU, so these runs replace it with a 
 keeps its contract: one callable per dataset, each call runs ``sink_size`` steps on the
 dataset's batches in order (across epochs) and returns the last step's outputs only. The
 device target is set to GPU in the config (which selects sinking); the kernels run on CPU.
+Stochastic depth and dropout are on: each step inside a sink derives its own key on the
+device, so the sunk run draws the step-by-step run's masks.
 """
 import mindspore as ms
 import numpy as np
@@ -53,7 +55,7 @@ def cfg_for(tmp_path, *extra):
         "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=2", "--eval_interval_iters=4",
         "--run_eval=False", "--keep_checkpoint_max=0", "--warmup_iters=3", "--lr=1e-3",
         "--loss_scale_type=dynamic", "--loss_scale=1024", "--loss_scale_window=2",
-        "--train_log_interval=3", "--drop_path_rate=0.0", "--decoder_dropout=0.0",
+        "--train_log_interval=3", "--drop_path_rate=0.3", "--decoder_dropout=0.3",
         "--kernel_backend=reference", *extra])
     check_train_config(cfg)
     return cfg
