@@ -20,6 +20,8 @@ class SegFormer(ReleasesCompileMemory):
     # the class-count-dependent parameters (a checkpoint converted with drop_head=True lacks
     # them); read by src/utils/checkpoint.py and src/convert through ``classifier_prefixes``
     classifier_prefixes = ("decode_head.linear_pred.",)
+    # the pretrained encoder (a backbone-only checkpoint holds these names only)
+    encoder_prefixes = ("backbone.",)
 
     def __init__(self, backbone, decode_head):
         super().__init__()

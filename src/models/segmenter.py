@@ -110,6 +110,8 @@ class Segmenter(ReleasesCompileMemory):
         self.patch_size = encoder.patch_size
         # the class-count-dependent parameters: the decoder's (see ``classifier_prefixes``)
         self.classifier_prefixes = tuple("decoder." + p for p in decoder.classifier_prefixes)
+        # the pretrained encoder (a backbone-only checkpoint holds these names only)
+        self.encoder_prefixes = ("encoder.",)
 
     def construct(self, x):
         h, w = x.shape[2], x.shape[3]

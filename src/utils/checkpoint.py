@@ -142,7 +142,11 @@ def find_latest(directory, prefix=""):
     return candidates[0] if candidates else None
 
 
-ENCODER_PREFIXES = ("backbone.", "encoder.")
+def encoder_prefixes(net):
+    """Name prefixes of the network's pretrained encoder, as the model class declares them
+    (``encoder_prefixes``; none for a plain classifier): a backbone-only checkpoint holds
+    those names only."""
+    return tuple(getattr(net, "encoder_prefixes", ()))
 
 
 def classifier_prefixes(net):
@@ -164,8 +168,8 @@ def count_by_prefix(names):
 def load_pretrained(net, path, log=print):
     """Load converted pretrained weights (``tools/convert_model.py`` output) into ``net``.
 
-    A backbone-only checkpoint (every name under ``backbone.`` or ``encoder.``) leaves the
-    rest of the network freshly initialised; a checkpoint converted with ``drop_head=True``
+    A backbone-only checkpoint (every name under the model's ``encoder_prefixes``, e.g.
+    ``backbone.``) leaves the rest of the network freshly initialised; a checkpoint converted with ``drop_head=True``
     may lack the classifier (the model's ``classifier_prefixes``). Whatever stays freshly initialised is
     reported by name prefix and count; anything else missing, and anything mis-shaped or
     unexpected, is an error. Returns (loaded names, missing names).
@@ -174,9 +178,10 @@ def load_pretrained(net, path, log=print):
     if not param_dict:
         raise CheckpointError(f"pretrained checkpoint {path} holds no tensors")
     allow_missing = classifier_prefixes(net)
-    if all(name.startswith(ENCODER_PREFIXES) for name in param_dict):
+    encoder = encoder_prefixes(net)
+    if encoder and all(name.startswith(encoder) for name in param_dict):
         allow_missing += tuple(sorted({p.name.split(".", 1)[0] + "." for p in net.get_parameters()
-                                       if not p.name.startswith(ENCODER_PREFIXES)}))
+                                       if not p.name.startswith(encoder)}))
     loaded, missing = load_into_net(net, param_dict, strict=True, allow_missing=allow_missing,
                                     source=path)
     log(f"loaded {len(loaded)} pretrained tensors from {path}"

@@ -102,3 +102,26 @@ def test_each_model_declares_exactly_its_class_count_dependent_parameters(overri
     assert dependent and prefixes
     assert sorted(name for name in shapes[0] if name.startswith(prefixes)) == dependent
     assert all(any(name.startswith(p) for name in dependent) for p in prefixes)
+
+
+@pytest.mark.parametrize("overrides, encoder_cell", [
+    (["--model=segformer", "--backbone=mit_b0"], "backbone"),
+    (["--model=segmenter", "--backbone=vit_tiny_patch16_384", "--image_size=64"], "encoder"),
+    (["--model=vit", "--backbone=vit_tiny_patch16_224"], None),
+])
+def test_each_model_declares_its_pretrained_encoder(overrides, encoder_cell):
+    """``encoder_prefixes`` (what a backbone-only checkpoint holds) names exactly the
+    parameters of the model's encoder cell; a plain classifier has none."""
+    from mindspore.nn.utils import no_init_parameters
+    from src.models import build_model
+    from src.utils.checkpoint import encoder_prefixes
+    from src.utils.config import load_config
+
+    with no_init_parameters():
+        net = build_model(load_config("", overrides))
+    if encoder_cell is None:
+        assert encoder_prefixes(net) == ()
+        return
+    encoder = {p.name for p in getattr(net, encoder_cell).get_parameters()}
+    prefixes = encoder_prefixes(net)
+    assert encoder and {p.name for p in net.get_parameters() if p.name.startswith(prefixes)} == encoder
