@@ -3,8 +3,8 @@ learning rate, loss tallies, overflow counts -- kept on the device.
 
 MindSpore 2.10 refuses ``ms.data_sink`` on CPU, so these runs replace it with a stand-in that
 keeps its contract: one callable per dataset, each call runs ``sink_size`` steps on the
-dataset's batches in order (across epochs) and returns the last step's outputs only. The
-device target is set to GPU in the config (which selects sinking); the kernels run on CPU.
+dataset's batches in order (across epochs) and returns the last step's outputs only; the
+trainer is told that CPU sinks too.
 Stochastic depth and dropout are on: each step inside a sink derives its own key on the
 device, so the sunk run draws the step-by-step run's masks.
 """
@@ -15,9 +15,9 @@ import pytest
 from src.data import create_dataset
 from src.engine.amp import build_loss_scaler
 from src.engine.optim import build_optimizer
+from src.engine import trainer as trainer_module
 from src.engine.trainer import TrainError, Trainer, check_train_config, sink_plan
 from src.engine.train_step import ScheduledTrainStep, TrainStep
-from src.models import build_model
 from src.models.backends import load_backend
 from src.utils.checkpoint import load_checkpoint
 from src.utils.config import load_config
@@ -52,11 +52,11 @@ class RecordingDataSink:
 def cfg_for(tmp_path, *extra):
     city, _ = demo_data()
     cfg = load_config("config/segformer.b0.demo.yaml", seg_demo_args(city, str(tmp_path)) + [
-        "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=2", "--eval_interval_iters=4",
+        "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=6", "--eval_interval_iters=4",
         "--run_eval=False", "--keep_checkpoint_max=0", "--warmup_iters=3", "--lr=1e-3",
         "--loss_scale_type=dynamic", "--loss_scale=1024", "--loss_scale_window=2",
-        "--train_log_interval=3", "--drop_path_rate=0.3", "--decoder_dropout=0.3",
-        "--kernel_backend=reference", *extra])
+        "--train_log_interval=3",
+        "--mode=GRAPH", *extra])
     check_train_config(cfg)
     return cfg
 
@@ -65,7 +65,9 @@ def run(cfg, resume=None):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(int(cfg.seed))
     lines = []
-    trainer = Trainer(cfg, build_model(cfg), create_dataset(cfg, "train"), log=lines.append)
+    # the SegFormer layer types at a few thousand parameters, stochastic depth and dropout on
+    net = tiny_segformer(class_num=cfg.class_num, drop_path_rate=0.3)
+    trainer = Trainer(cfg, net, create_dataset(cfg, "train"), log=lines.append)
     if resume:
         trainer.resume(resume)
     trainer.fit()
@@ -81,22 +83,25 @@ def final_weights(cfg):
 def test_sunk_run_and_its_mid_epoch_resume_equal_the_step_by_step_run(tmp_path, monkeypatch):
     sink = RecordingDataSink()
     monkeypatch.setattr(ms, "data_sink", sink)
+    # the stand-in sinks on this CPU too (the default kernel backend, one compile per run)
+    monkeypatch.setattr(trainer_module, "SINK_DEVICES", ("Ascend", "GPU", "CPU"))
     stepwise_cfg = cfg_for(tmp_path / "stepwise", "--dataset_sink_mode=False")
     _, stepwise_lines = run(stepwise_cfg)
     assert sink.created == []
 
-    sunk_cfg = cfg_for(tmp_path / "sunk", "--device_target=GPU")
+    sunk_cfg = cfg_for(tmp_path / "sunk")
     trainer, lines = run(sunk_cfg)
-    # 4 steps per epoch, checkpoints every 2 and evaluation every 4 iterations: sinks of 2
+    # 4 steps per epoch, checkpoints every 6 and evaluation every 4 iterations: sinks of 2
     assert [(fn, size) for fn, size, _ in sink.created] == [(trainer.step_cell, 2)]
     assert isinstance(sink.created[0][2], ms.JitConfig)
     assert sink.calls == 6
     assert "dataset sink: 2 steps per device call (sink_size -1; divides the steps per epoch " \
-           "(4), save_checkpoint_steps (2), eval_interval_iters (4), max_iters (12)); log lines " \
+           "(4), save_checkpoint_steps (6), eval_interval_iters (4), max_iters (12)); log lines " \
            "and overflow checks between calls" in lines
-    # log lines between device calls only (here every call ends at a checkpoint)
+    # log lines between device calls: at the end of the call that reaches a multiple of
+    # train_log_interval (3), at checkpoints and evaluation points, at epoch ends
     steps = [line.split(",")[1] for line in lines if line.startswith("Epoch ") and "step:" in line]
-    assert steps == [" step:2/4", " step:4/4"] * 3, lines
+    assert steps == [" step:4/4", " step:2/4", " step:4/4", " step:4/4"], lines
     expected = final_weights(stepwise_cfg)
     got = final_weights(sunk_cfg)
     assert sorted(got) == sorted(expected)
@@ -106,7 +111,7 @@ def test_sunk_run_and_its_mid_epoch_resume_equal_the_step_by_step_run(tmp_path, 
     assert means[0] == pytest.approx(means[1], rel=1e-6)
 
     # resumed from iteration 6 (epoch 2, step 2): the rest of epoch 2 step by step, epoch 3 sunk
-    resumed_cfg = cfg_for(tmp_path / "resumed", "--device_target=GPU")
+    resumed_cfg = cfg_for(tmp_path / "resumed")
     sink.created, sink.calls = [], 0
     _, resumed_lines = run(resumed_cfg, f"{sunk_cfg.checkpoint_path}/segformer_mit_b0_iter_6.ckpt")
     assert "reading 2 batch(es) of epoch 2 without training, to continue at its step 3" \
@@ -182,3 +187,16 @@ def test_tallies_count_what_the_steps_did():
     assert second.loss_sum == pytest.approx(losses[4]) and not second.last_overflow
     assert second.last_loss == pytest.approx(losses[4])
     assert second.last_scale == float(outputs[4][2].asnumpy())
+
+
+@pytest.mark.parametrize("level", ["", "O1"])
+def test_sink_compiles_with_the_jit_level(tmp_path, monkeypatch, level):
+    """GRAPH: the sunk step is compiled with the config's jit_level (a JitConfig; None would
+    run it op by op)."""
+    sink = RecordingDataSink()
+    monkeypatch.setattr(ms, "data_sink", sink)
+    cfg = cfg_for(tmp_path, "--device_target=GPU", "--mode=GRAPH", f"--jit_level={level}")
+    trainer = Trainer(cfg, tiny_segformer(), create_dataset(cfg, "train"), log=lambda m: None)
+    assert trainer.sink_size == 2
+    assert isinstance(trainer.jit_config, ms.JitConfig)
+    assert trainer.jit_config.jit_config_dict["jit_level"] == level

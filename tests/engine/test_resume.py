@@ -1,13 +1,15 @@
 """Kill real training processes with SIGKILL (during a checkpoint write, then mid-epoch),
 resume with --auto_resume, and compare with an uninterrupted run of the same config:
 same losses before the kill (same seed), and after resuming the same epoch/step
-positions with the same learning rate and loss scale, and a complete final state."""
+positions with the same learning rate and loss scale, and the same final state bit for bit
+(the cpu kernel backend, GRAPH; tests/engine/test_exact_resume.py: the reference one)."""
 import os
 import re
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from src.engine.checkpoints import LOCK_NAME
@@ -126,12 +128,18 @@ def test_sigkill_during_checkpoint_write_and_mid_epoch_then_resume(tmp_path):
         _, ref_overflow, ref_scale, ref_lr = reference[(int(epoch), int(step))]
         assert (lr, scale, overflow) == (ref_lr, ref_scale, ref_overflow), (epoch, step)
 
-    # final checkpoints of both runs: same counters, optimiser step continued across resumes
+    # final checkpoints of both runs: same counters, optimiser step continued across resumes,
+    # and (dropout and stochastic depth drawn per (seed, step, layer)) the same tensors, bit
+    # for bit, after two kills
+    finals = []
     for run in (ref_dir, run_dir):
         final = load_checkpoint(os.path.join(run, "ckpt", "segformer_mit_b0_3.ckpt"))
         assert int(final["epoch"].asnumpy()) == 3
         assert int(final["global_step"].asnumpy()) == 12
         assert int(final["optimizer.step"].asnumpy()) == 12
         assert float(final["loss_scale"].asnumpy()) == float(reference[(3, 4)][2]) * 2  # doubled at step 12
+        finals.append({name: value.asnumpy() for name, value in final.items()})
+    assert sorted(finals[0]) == sorted(finals[1])
+    assert [n for n in finals[0] if not np.array_equal(finals[0][n], finals[1][n])] == []
     assert not [n for n in os.listdir(ckpt_dir) if n.endswith(TMP_SUFFIX)]
     print(f"killed during the checkpoint write: {caught_mid_write}")
