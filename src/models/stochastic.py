@@ -32,9 +32,9 @@ A network run in training mode outside the trainer draws from the key last set (
 masks on every call until ``set_step`` is called again).
 
 Cost: ~55 int32 elementwise ops per drawn value. Negligible for DropPath (``[B]`` draws) and
-Dropout2d (``[B, C]``); for element-wise dropout it is not (measured on 2 CPU cores, GRAPH
-mode, ``[2, 1174, 768]``: 351 ms per call against 12 ms for ``nn.Dropout``), which matters
-for recipes with element-wise dropout (Segmenter's ``decoder_dropout``).
+Dropout2d (``[B, C]``); for element-wise dropout it is not, which matters for recipes with
+element-wise dropout (Segmenter's ``decoder_dropout``): ``benchmarks/bench_dropout.py``
+measures it, docs/performance.md has the numbers.
 """
 import numpy as np
 import mindspore as ms

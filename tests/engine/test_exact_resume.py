@@ -6,8 +6,9 @@ The run is scheduled by iterations (max_iters 10 at 4 steps per epoch: a partial
 epoch), writes a step checkpoint every 3 iterations, and resumes from iteration 3 (step 3
 of epoch 1), so the resumed process must start the sampler in the middle of an epoch.
 Stochastic depth (drop_path_rate 0.3) and the head's channel dropout (0.3) are on: their
-draws are a function of (seed, global step, layer) (src/models/stochastic.py), so the resumed process draws the masks the uninterrupted one drew
-(MindSpore's own random kernels keep a draw counter that a new process restarts).
+draws are a function of (seed, global step, layer) (src/models/stochastic.py), so the
+resumed process draws the masks the uninterrupted one drew (MindSpore's own random kernels
+keep a draw counter that a new process restarts).
 Augmentation (crop, flip, scale, photometric) is on.
 """
 import os
