@@ -13,7 +13,8 @@ from src.engine.checkpoints import LOCK_NAME, CheckpointDirError, CheckpointMana
 from src.engine.trainer import TrainError, TrainInterrupted, Trainer, check_train_config
 from src.utils.config import load_config
 from tests.engine.test_trainer import tiny_training_objects
-from tests.engine.train_helpers import FakeStepCell, pynative_mode, tiny_segformer  # noqa: F401
+from tests.engine.train_helpers import (FakeBatches, FakeStepCell, pynative_mode,  # noqa: F401
+                                        tiny_segformer)
 
 
 def manager(tmp_path, *args, log=None):
@@ -22,16 +23,6 @@ def manager(tmp_path, *args, log=None):
 
 
 # ------------------------------------------------------------------- schedule keys --
-
-class Epochs:
-    """A MindSpore-like tuple iterator: each ``for`` over it is one epoch of ``steps``."""
-
-    def __init__(self, steps):
-        self.steps = steps
-
-    def __iter__(self):
-        return iter([(None, None)] * self.steps)
-
 
 @pytest.mark.parametrize("args, message", [
     (["--max_iters=100"], r"'epoch_size'=200 and 'max_iters'=100 are both set"),
@@ -54,19 +45,13 @@ def test_max_iters_run_ends_mid_epoch_with_its_checkpoints(tmp_path):
                            f"--checkpoint_path={tmp_path}"])
     check_train_config(cfg)
 
-    class Data:
-        def get_dataset_size(self):
-            return 2
-
-        def create_tuple_iterator(self, num_epochs):
-            assert num_epochs == 3
-            return Epochs(2)
-
     lines = []
-    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
+    data = FakeBatches(2)
+    trainer = Trainer(cfg, tiny_segformer(), data, log=lines.append)
     assert len(trainer.lr_schedule) == 5 and trainer.epochs == 3
     trainer.step_cell = FakeStepCell([0.5] * 5, [False] * 5)
     state = trainer.fit()
+    assert data.num_epochs == 3
     assert (state.global_step, state.epoch) == (5, 2)
     # iter_2 pruned (keep_checkpoint_max=2), iter_4 and the last one (5) kept
     assert sorted(os.listdir(tmp_path)) == ["segformer_mit_b0_iter_4.ckpt",
@@ -83,20 +68,14 @@ def test_max_iters_run_evaluates_every_eval_interval_iters_and_at_the_end(tmp_pa
                            f"--checkpoint_path={tmp_path}"])
     check_train_config(cfg)
 
-    class Data:
-        def get_dataset_size(self):
-            return 2
-
-        def create_tuple_iterator(self, num_epochs):
-            return Epochs(2)
-
     evaluated = []
 
     def evaluate(net, cfg, rank, group, log, name):
         evaluated.append(trainer.state.global_step)
         return {"metric": 0.5, "metric_name": "mIoU"}
 
-    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lambda line: None, evaluate_fn=evaluate)
+    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(2), log=lambda line: None,
+                      evaluate_fn=evaluate)
     trainer.step_cell = FakeStepCell([0.5] * 5, [False] * 5)
     trainer.fit()
     assert evaluated == expected
@@ -168,15 +147,8 @@ def fake_trainer(tmp_path, losses, overflows, extra=(), on_step=None):
                            f"--checkpoint_path={tmp_path}", *extra])
     check_train_config(cfg)
 
-    class Data:
-        def get_dataset_size(self):
-            return len(losses) // 2
-
-        def create_tuple_iterator(self, num_epochs):
-            return Epochs(len(losses) // 2)
-
     lines = []
-    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
+    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(len(losses) // 2), log=lines.append)
     trainer.step_cell = FakeStepCell(losses, overflows, on_step=on_step)
     return trainer, lines
 

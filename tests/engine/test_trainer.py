@@ -17,7 +17,7 @@ from src.engine.trainer import TrainError, Trainer, check_train_config, train
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger
-from tests.engine.train_helpers import (FakeStepCell, demo_data, pynative_mode,  # noqa: F401
+from tests.engine.train_helpers import (FakeBatches, FakeStepCell, demo_data, pynative_mode,  # noqa: F401
                                         seg_demo_args, tiny_segformer, vit_demo_args)
 
 STEP_LINE = re.compile(r"^Epoch (\d+)/(\d+), step:(\d+)/(\d+), loss:(\S+), overflow:(True|False), "
@@ -181,15 +181,8 @@ def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp
     cfg = load_config("", ["--epoch_size=1", "--train_log_interval=3", "--run_eval=False",
                            "--save_checkpoint=False", f"--checkpoint_path={tmp_path}"])
 
-    class Data:
-        def get_dataset_size(self):
-            return len(losses)
-
-        def create_tuple_iterator(self, num_epochs):
-            return iter([(None, None)] * len(losses))
-
     lines = []
-    trainer = Trainer(cfg, tiny_segformer(), Data(), log=lines.append)
+    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(len(losses)), log=lines.append)
     trainer.step_cell = FakeStepCell(losses, [i == 1 for i in range(len(losses))],
                                      [512.0] * len(losses))
     state = trainer.fit()
@@ -203,11 +196,6 @@ def test_host_reads_step_outputs_once_per_log_line_and_counts_every_overflow(tmp
                                "skipped (1 in all)") for line in lines), lines
 
 
-class OneBatch:
-    def get_dataset_size(self):
-        return 1
-
-
 @pytest.mark.parametrize("split", [[0.4], [0.25, 0.5], []])
 def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups(split):
     """The gradient reducer of a 2-rank run fuses the all-reduces as grad_fusion_split says:
@@ -215,7 +203,7 @@ def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups
     cfg = load_config("", [f"--grad_fusion_split={split}"])
     check_train_config(cfg)
     lines = []
-    trainer = Trainer(cfg, tiny_segformer(), OneBatch(), rank_id=0, group_size=2, log=lines.append)
+    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(1), rank_id=0, group_size=2, log=lines.append)
     reducer = trainer.step_cell.train_step.grad_reducer
     count = len(trainer.optimizer.parameters)
     expected = [1 + sum(i >= int(f * count) for f in split) for i in range(count)]
@@ -281,11 +269,7 @@ def test_each_step_draws_with_the_key_of_its_seed_and_global_step(tmp_path):
                            f"--checkpoint_path={tmp_path}", "--seed=123", "--loss_scale_type=none"])
     stochastic.set_step(0, 99)
     net = tiny_segformer(drop_path_rate=0.2)
-    class TenBatches:
-        def get_dataset_size(self):
-            return 10
-
-    trainer = Trainer(cfg, net, TenBatches(), log=lambda m: None)
+    trainer = Trainer(cfg, net, FakeBatches(10), log=lambda m: None)
     layers = [cell for _, cell in net.cells_and_names()
               if isinstance(cell, stochastic.StochasticCell)]
     assert trainer.random_layers == len(layers) > 4

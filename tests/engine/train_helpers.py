@@ -76,6 +76,32 @@ def pynative_mode():
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
+class Epochs:
+    """A MindSpore-like tuple iterator: each ``for`` over it is one epoch of ``steps``."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __iter__(self):
+        return iter([(None, None)] * self.steps)
+
+
+class FakeBatches:
+    """A dataset stand-in of ``steps`` empty batches per epoch (the fake step cells ignore
+    their inputs); records the epoch count the trainer asks for."""
+
+    def __init__(self, steps):
+        self.steps = steps
+        self.num_epochs = None
+
+    def get_dataset_size(self):
+        return self.steps
+
+    def create_tuple_iterator(self, num_epochs):
+        self.num_epochs = num_epochs
+        return Epochs(self.steps)
+
+
 class FakeStepCell:
     """Stands in for ``ScheduledTrainStep`` in trainer tests: step ``i`` (1-based, counted
     over the process) "returns" ``losses[i-1]``/``overflows[i-1]``/``scales[i-1]``; tallies are
