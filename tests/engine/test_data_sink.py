@@ -55,8 +55,7 @@ def cfg_for(tmp_path, *extra):
         "--epoch_size=0", "--max_iters=12", "--save_checkpoint_steps=6", "--eval_interval_iters=4",
         "--run_eval=False", "--keep_checkpoint_max=0", "--warmup_iters=3", "--lr=1e-3",
         "--loss_scale_type=dynamic", "--loss_scale=1024", "--loss_scale_window=2",
-        "--train_log_interval=3",
-        "--mode=GRAPH", *extra])
+        "--train_log_interval=3", *extra])
     check_train_config(cfg)
     return cfg
 
@@ -83,7 +82,7 @@ def final_weights(cfg):
 def test_sunk_run_and_its_mid_epoch_resume_equal_the_step_by_step_run(tmp_path, monkeypatch):
     sink = RecordingDataSink()
     monkeypatch.setattr(ms, "data_sink", sink)
-    # the stand-in sinks on this CPU too (the default kernel backend, one compile per run)
+    # the stand-in sinks on this CPU too (the tiny net on the cpu backend, one compile per run)
     monkeypatch.setattr(trainer_module, "SINK_DEVICES", ("Ascend", "GPU", "CPU"))
     stepwise_cfg = cfg_for(tmp_path / "stepwise", "--dataset_sink_mode=False")
     _, stepwise_lines = run(stepwise_cfg)
@@ -190,12 +189,10 @@ def test_tallies_count_what_the_steps_did():
 
 
 @pytest.mark.parametrize("level", ["", "O1"])
-def test_sink_compiles_with_the_jit_level(tmp_path, monkeypatch, level):
+def test_sink_compiles_with_the_jit_level(tmp_path, level):
     """GRAPH: the sunk step is compiled with the config's jit_level (a JitConfig; None would
     run it op by op)."""
-    sink = RecordingDataSink()
-    monkeypatch.setattr(ms, "data_sink", sink)
-    cfg = cfg_for(tmp_path, "--device_target=GPU", "--mode=GRAPH", f"--jit_level={level}")
+    cfg = cfg_for(tmp_path, "--device_target=GPU", f"--jit_level={level}")
     trainer = Trainer(cfg, tiny_segformer(), create_dataset(cfg, "train"), log=lambda m: None)
     assert trainer.sink_size == 2
     assert isinstance(trainer.jit_config, ms.JitConfig)

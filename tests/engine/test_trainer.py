@@ -17,8 +17,9 @@ from src.engine.trainer import TrainError, Trainer, check_train_config, train
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.config import load_config
 from src.utils.logger import FileLogger
-from tests.engine.train_helpers import (FakeBatches, FakeStepCell, demo_data, pynative_mode,  # noqa: F401
-                                        seg_demo_args, tiny_segformer, vit_demo_args)
+from tests.engine.train_helpers import (FakeBatches, FakeStepCell, demo_data,  # noqa: F401
+                                        pynative_mode, seg_demo_args, tiny_segformer,
+                                        vit_demo_args)
 
 STEP_LINE = re.compile(r"^Epoch (\d+)/(\d+), step:(\d+)/(\d+), loss:(\S+), overflow:(True|False), "
                        r"loss_scale:(\S+), step cost:\d+ms, lr:(\S+), eta:\d+:\d\d:\d\d$")
@@ -203,7 +204,8 @@ def test_data_parallel_gradients_are_all_reduced_in_the_configured_fusion_groups
     cfg = load_config("", [f"--grad_fusion_split={split}"])
     check_train_config(cfg)
     lines = []
-    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(1), rank_id=0, group_size=2, log=lines.append)
+    trainer = Trainer(cfg, tiny_segformer(), FakeBatches(1), rank_id=0, group_size=2,
+                      log=lines.append)
     reducer = trainer.step_cell.train_step.grad_reducer
     count = len(trainer.optimizer.parameters)
     expected = [1 + sum(i >= int(f * count) for f in split) for i in range(count)]
